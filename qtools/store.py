@@ -83,6 +83,8 @@ def file_name(key):
     """Return the file name of key: readable when short, else "=" and a hash."""
     raw = key.encode("utf-8", "surrogateescape")
     name = "".join(chr(b) if b in _SAFE else "%%%02X" % b for b in raw)
+    if name.startswith("."):  # dot names are temporary files, and "." and ".."
+        name = "%2E" + name[1:]
     if len(name) <= _LONG:
         return name
     import hashlib

@@ -1,0 +1,316 @@
+# SPDX-License-Identifier: ISC
+"""Tests for `qtools.store`, the greylist timers and the directory store."""
+
+import multiprocessing
+import os
+
+import pytest
+
+from qtools import store
+from qtools.store import DirStore, State, StoreError, Timers
+
+DELAY, WINDOW, LIFE = 300, 86400, 36 * 86400
+# A moment well inside a window generation and a lifetime generation, so a
+# test that does not mean to cross a generation boundary does not.
+T0 = 1795305600 + 3 * 3600
+
+
+def make(tmp_path, **timers):
+    root = tmp_path / "grey"
+    root.mkdir(exist_ok=True)
+    return DirStore(str(root), Timers(**timers) if timers else Timers())
+
+
+def replay(s, key, steps):
+    """Run check at each offset from T0; return the statuses."""
+    return [s.check(key, T0 + offset).status for offset in steps]
+
+
+class TestTimers:
+    """Tests for the three timers as DirStore.check applies them."""
+
+    @pytest.mark.parametrize(
+        "steps, expected",
+        [
+            ([0], ["new"]),
+            ([0, DELAY - 1], ["new", "wait"]),
+            ([0, DELAY], ["new", "pass"]),
+            ([0, DELAY + 1, DELAY + 2], ["new", "pass", "known"]),
+            ([0, 100, 200, DELAY - 1, DELAY], ["new", "wait", "wait", "wait", "pass"]),
+            ([0, WINDOW - 1], ["new", "pass"]),
+            ([0, WINDOW], ["new", "new"]),
+            ([0, WINDOW, WINDOW + DELAY - 1, WINDOW + DELAY], ["new", "new", "wait", "pass"]),
+            ([0, DELAY, DELAY + LIFE - 1], ["new", "pass", "known"]),
+            ([0, DELAY, DELAY + LIFE], ["new", "pass", "new"]),
+            (
+                [0, DELAY, DELAY + LIFE - 1, DELAY + 2 * LIFE - 2],
+                ["new", "pass", "known", "known"],
+            ),
+            ([0, DELAY, DELAY + LIFE - 1, DELAY + 2 * LIFE - 1], ["new", "pass", "known", "new"]),
+        ],
+    )
+    def test_sequence(self, tmp_path, steps, expected):
+        """Each timer edge gives the status the timer rules promise."""
+        assert replay(make(tmp_path), "192.0.2.0/24", steps) == expected
+
+    def test_early_retry_keeps_clock(self, tmp_path):
+        """A retry before the delay reports the time left from the first sight."""
+        s = make(tmp_path)
+        s.check("k", T0)
+        assert s.check("k", T0 + 120) == State("wait", T0, left=DELAY - 120)
+        assert s.check("k", T0 + 200) == State("wait", T0, left=DELAY - 200)
+
+    def test_new_reports_delay(self, tmp_path):
+        """A new key waits the whole delay."""
+        assert make(tmp_path).check("k", T0) == State("new", T0, left=DELAY)
+
+    def test_pass_reports_first_and_last(self, tmp_path):
+        """The first pass reports when the key was first seen and passed."""
+        s = make(tmp_path)
+        s.check("k", T0)
+        assert s.check("k", T0 + 400) == State("pass", T0, last=T0 + 400)
+
+    def test_zero_delay_passes_second_connection(self, tmp_path):
+        """With no delay the very next connection passes."""
+        s = make(tmp_path, delay=0)
+        assert replay(s, "k", [0, 0]) == ["new", "pass"]
+
+    def test_keys_are_independent(self, tmp_path):
+        """A pass for one key does nothing for another."""
+        s = make(tmp_path)
+        replay(s, "a", [0, DELAY])
+        assert s.check("b", T0 + DELAY).status == "new"
+
+
+class TestGenerations:
+    """Tests for keys that cross a generation boundary."""
+
+    def test_unproven_key_found_in_previous_window(self, tmp_path):
+        """A key first seen just before a window boundary still passes after it."""
+        s = make(tmp_path)
+        boundary = (T0 // WINDOW + 1) * WINDOW
+        assert s.check("k", boundary - 10).status == "new"
+        assert s.check("k", boundary + DELAY).status == "pass"
+
+    def test_passed_key_moves_to_current_lifetime(self, tmp_path):
+        """A pass from the previous lifetime generation is renamed into the current one."""
+        s = make(tmp_path)
+        boundary = (T0 // LIFE + 1) * LIFE
+        s.check("k", boundary - 1000)
+        s.check("k", boundary - 500)
+        assert s.check("k", boundary + 100).status == "known"
+        tree = os.path.join(s.root, "pass")
+        assert sorted(os.listdir(tree)) == [str(boundary + LIFE), str(boundary + 2 * LIFE)]
+        old = os.path.join(tree, str(boundary + LIFE))
+        assert [n for _, _, names in os.walk(old) for n in names] == []
+        assert s.check("k", boundary + LIFE + 50).status == "known"
+
+    def test_current_generation_entries_are_alive(self, tmp_path):
+        """Nothing in a generation directory is alive at the time it is named after."""
+        s = make(tmp_path)
+        s.check("k", T0)
+        s.check("k", T0 + DELAY)
+        for tree in ("grey", "pass"):
+            for end in os.listdir(os.path.join(s.root, tree)):
+                assert int(end) > T0 + DELAY
+                assert s.check("other", int(end)).status == "new"
+        assert s.peek("k", T0 + DELAY + LIFE).status == "new"
+
+
+class TestCommands:
+    """Tests for peek, allow, deny, forget and items."""
+
+    def test_peek_changes_nothing(self, tmp_path):
+        """peek of an unknown key reports new and writes no file."""
+        s = make(tmp_path)
+        assert s.peek("k", T0).status == "new"
+        assert list(os.walk(s.root)) == [(s.root, [], [])]
+
+    def test_peek_does_not_promote(self, tmp_path):
+        """peek after the delay says pass but leaves the key unproven."""
+        s = make(tmp_path)
+        s.check("k", T0)
+        assert s.peek("k", T0 + DELAY).status == "pass"
+        assert s.peek("k", T0 + WINDOW).status == "new"
+
+    def test_allow(self, tmp_path):
+        """An allowed key passes at once and for a lifetime."""
+        s = make(tmp_path)
+        s.allow("k", T0)
+        assert s.check("k", T0 + 1) == State("known", last=T0 + 1)
+        assert s.check("k", T0 + 1 + LIFE).status == "new"
+
+    def test_deny_takes_pass_away(self, tmp_path):
+        """A denied key is greylisted anew from the moment of the deny."""
+        s = make(tmp_path)
+        replay(s, "k", [0, DELAY])
+        s.deny("k", T0 + 1000)
+        assert s.check("k", T0 + 1000 + DELAY - 1).status == "wait"
+        assert s.check("k", T0 + 1000 + DELAY).status == "pass"
+
+    def test_forget(self, tmp_path):
+        """A forgotten key starts anew."""
+        s = make(tmp_path)
+        replay(s, "k", [0, DELAY])
+        s.forget("k", T0 + DELAY)
+        assert s.check("k", T0 + DELAY + 1).status == "new"
+
+    def test_items(self, tmp_path):
+        """items lists each live key once, with its state."""
+        s = make(tmp_path)
+        replay(s, "192.0.2.0/24", [0, DELAY])
+        s.check("2001:db8::/64", T0 + 10)
+        s.check("gone", T0 - WINDOW)
+        found = dict(s.items(T0 + DELAY))
+        assert sorted(found) == ["192.0.2.0/24", "2001:db8::/64"]
+        assert found["192.0.2.0/24"].status == "known"
+        assert found["2001:db8::/64"] == State("wait", T0 + 10, left=10)
+
+    def test_long_key_is_hashed_and_listed(self, tmp_path):
+        """A key too long for a file name is stored under a hash and listed by its text."""
+        s = make(tmp_path)
+        key = "192.0.2.0/24 " + "x" * 300 + "@example.com rcpt@example.org"
+        assert s.check(key, T0).status == "new"
+        names = [n for _, _, ns in os.walk(s.root) for n in ns]
+        assert len(names) == 1 and names[0].startswith("=") and len(names[0]) < 100
+        assert [k for k, _ in s.items(T0 + 1)] == [key]
+        s.deny(key, T0 + 5)
+        assert [k for k, _ in s.items(T0 + 6)] == [key]
+
+    def test_describe(self):
+        """describe gives one readable line per key."""
+        line = store.describe("k", State("wait", T0, left=10.2))
+        assert line == "k wait first=2026-11-22T03:00:00Z left=11"
+
+
+class TestNames:
+    """Tests for `file_name` and `key_of`."""
+
+    @pytest.mark.parametrize(
+        "key, name",
+        [
+            ("192.0.2.0/24", "192.0.2.0%2F24"),
+            ("2001:db8::/64", "2001:db8::%2F64"),
+            ("a b%c", "a%20b%25c"),
+            (".hidden", "%2Ehidden"),
+            ("..", "%2E."),
+            ("\u00e9", "%C3%A9"),
+        ],
+    )
+    def test_round_trip(self, key, name):
+        """Readable names keep safe characters and give the key back."""
+        assert store.file_name(key) == name
+        assert store.key_of(name) == key
+
+    def test_dot_key_is_listed(self, tmp_path):
+        """A key starting with a dot is not mistaken for a temporary file."""
+        s = make(tmp_path)
+        s.check(".tmp.1", T0)
+        assert [k for k, _ in s.items(T0)] == [".tmp.1"]
+
+
+class TestPurge:
+    """Tests for `DirStore.purge`."""
+
+    def test_removes_dead_generations_only(self, tmp_path):
+        """purge removes what is dead and keeps what is alive."""
+        s = make(tmp_path)
+        for n in range(50):
+            s.check("old%d" % n, T0)
+        replay(s, "passed", [0, DELAY])
+        later = T0 + 2 * WINDOW
+        s.check("young", later)
+        assert s.purge(later) == 50 + 1
+        assert s.check("young", later + DELAY).status == "pass"
+        assert s.check("passed", later).status == "known"
+        assert s.check("old1", later).status == "new"
+
+    def test_never_stats_an_entry(self, tmp_path, monkeypatch):
+        """purge decides by directory names alone."""
+        s = make(tmp_path)
+        for n in range(20):
+            s.check("k%d" % n, T0)
+        calls = []
+        real = os.stat
+        monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a) or real(*a, **k))
+        monkeypatch.setattr(os, "lstat", lambda *a, **k: calls.append(a) or real(*a, **k))
+        assert s.purge(T0 + 3 * WINDOW) == 20
+        assert calls == []
+
+    def test_empty_store(self, tmp_path):
+        """purge of a store nothing was written to removes nothing."""
+        assert make(tmp_path).purge(T0) == 0
+
+
+class TestFailures:
+    """Tests for a store that cannot be written."""
+
+    def test_missing_root_is_not_created(self, tmp_path):
+        """A missing root is an error to report, not a directory to create."""
+        s = DirStore(str(tmp_path / "missing"))
+        with pytest.raises(StoreError, match=r"unable to create .*/missing/grey: no such file"):
+            s.check("k", T0)
+        assert not (tmp_path / "missing").exists()
+
+    def test_root_is_a_file(self, tmp_path):
+        """A root that is not a directory gives a StoreError."""
+        (tmp_path / "file").write_text("")
+        with pytest.raises(StoreError, match="not a directory"):
+            DirStore(str(tmp_path / "file")).check("k", T0)
+
+    def test_unknown_url(self):
+        """A store URL of an unknown kind is refused."""
+        with pytest.raises(StoreError, match="unknown store"):
+            store.open_store("ftp://x", Timers())
+
+
+def _hammer(root, keys, now, queue):
+    s = DirStore(root)
+    try:
+        queue.put([s.check(k, now).status for k in keys])
+    except Exception as error:  # reported to the parent, which fails
+        queue.put(repr(error))
+
+
+class TestConcurrency:
+    """Tests for many processes checking the same keys at once."""
+
+    def test_one_new_per_key(self, tmp_path):
+        """Of many simultaneous first checks of a key exactly one creates it."""
+        s = make(tmp_path)
+        keys = ["10.0.%d.0/24" % n for n in range(10)]
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        workers = [
+            context.Process(target=_hammer, args=(s.root, keys[n % 10 :] + keys[: n % 10], T0, queue))
+            for n in range(40)
+        ]
+        for w in workers:
+            w.start()
+        results = [queue.get(timeout=60) for _ in workers]
+        for w in workers:
+            w.join(60)
+        assert all(isinstance(r, list) for r in results), results
+        statuses = [status for r in results for status in r]
+        assert statuses.count("new") == 10
+        assert statuses.count("wait") == 390
+        assert sorted(k for k, _ in s.items(T0)) == sorted(keys)
+
+    def test_promotion_race(self, tmp_path):
+        """Many simultaneous retries after the delay all pass and leave one entry."""
+        s = make(tmp_path)
+        s.check("k", T0)
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        workers = [
+            context.Process(target=_hammer, args=(s.root, ["k"] * 3, T0 + DELAY, queue))
+            for _ in range(30)
+        ]
+        for w in workers:
+            w.start()
+        results = [queue.get(timeout=60) for _ in workers]
+        for w in workers:
+            w.join(60)
+        statuses = [status for r in results for status in r]
+        assert set(statuses) <= {"pass", "known"} and "pass" in statuses
+        assert list(s.items(T0 + DELAY)) == [("k", State("known", last=T0 + DELAY))]
