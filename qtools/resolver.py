@@ -1,0 +1,240 @@
+# SPDX-License-Identifier: ISC
+"""Send DNS queries in parallel to the configured servers, with one deadline."""
+
+import os
+import time
+
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+class Answer:
+    """The outcome of one query: the records found, or why there are none."""
+
+    __slots__ = ("records", "error")
+
+    def __init__(self, records=(), error=None):
+        self.records = list(records)
+        self.error = error
+
+    def __repr__(self):
+        return "Answer(%r, error=%r)" % (self.records, self.error)
+
+    def __eq__(self, other):
+        return isinstance(other, Answer) and (self.records, self.error) == (
+            other.records,
+            other.error,
+        )
+
+
+def parse_servers(text, port=53):
+    """Return [(ip, port)] from "ip[:port][,ip[:port]...]"; "[v6]:port" for v6 ports."""
+    from qtools.core import parse_ip
+
+    servers = []
+    for item in text.replace(",", " ").split():
+        host, number = item, port
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest.startswith(":"):
+                number = rest[1:]
+        elif item.count(":") == 1:
+            host, number = item.split(":")
+        try:
+            number = int(number)
+        except ValueError:
+            raise ValueError("invalid port in %s" % item)
+        if parse_ip(host) is None or not 0 < number < 65536:
+            raise ValueError("invalid server address %s" % item)
+        servers.append((host, number))
+    return servers
+
+
+def servers(environ, resolv_conf=RESOLV_CONF):
+    """Return the servers to ask: $QTOOLS_RESOLVER, $DNSCACHEIP, resolv.conf, 127.0.0.1.
+
+    Raise ValueError when a variable holds something that is not an address.
+    """
+    text = environ.get("QTOOLS_RESOLVER")
+    if text and text.strip():
+        return parse_servers(text)
+    text = environ.get("DNSCACHEIP")
+    if text and text.strip():
+        # djbdns: addresses only, always port 53.
+        return [(ip, 53) for ip, _ in parse_servers(text.replace(":", " "), 53)]
+    found = []
+    try:
+        with open(resolv_conf, "rb") as f:
+            for line in f:
+                words = line.decode("ascii", "replace").split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    try:
+                        found += parse_servers(words[1])
+                    except ValueError:
+                        pass
+    except OSError:
+        pass
+    return found[:16] or [("127.0.0.1", 53)]
+
+
+def _values(response, rdtype):
+    """Return the answer's records of rdtype as plain values (bytes for TXT)."""
+    values = []
+    for rrset in response.answer:
+        if rrset.rdtype != rdtype:
+            continue
+        for rdata in rrset:
+            if rdtype == 16:  # TXT: the strings of one record, joined
+                values.append(b"".join(rdata.strings))
+            elif rdtype == 12:  # PTR
+                values.append(rdata.target.to_text(omit_final_dot=True).lower())
+            else:
+                values.append(rdata.address)
+    return values
+
+
+def _tcp(wire, server, left):
+    """Ask over TCP (after a truncated UDP answer); return the reply bytes."""
+    import socket
+
+    with socket.create_connection(server, timeout=max(left, 0.001)) as s:
+        s.sendall(len(wire).to_bytes(2, "big") + wire)
+        data = b""
+        while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+            chunk = s.recv(65537)
+            if not chunk:
+                raise OSError("connection closed")
+            data += chunk
+        return data[2 : 2 + int.from_bytes(data[:2], "big")]
+
+
+class _Query:
+    """One question in flight: its socket, its attempts, its answer."""
+
+    def __init__(self, name, rdtype_text):
+        import dns.message
+        import dns.rdatatype
+
+        self.rdtype = dns.rdatatype.from_text(rdtype_text)
+        self.message = dns.message.make_query(name, self.rdtype)
+        self.wire = self.message.to_wire()
+        self.socket = None
+        self.attempt = 0
+        self.server = None
+        self.answer = None
+        self.failure = "timeout"
+
+
+def lookup(questions, server_list, timeout, clock=time.monotonic):
+    """Ask every (name, "TXT"|"A"|"AAAA"|"PTR") at once; return an Answer for each.
+
+    All queries go out together over UDP; a silent server is left for the
+    next one after a second, and every query ends by the one deadline.
+    NXDOMAIN and no data are an empty Answer; a timeout, a server failure
+    or a malformed reply is an Answer with error set.
+    """
+    import select
+    import socket
+
+    import dns.exception
+    import dns.message
+    import dns.rcode
+
+    deadline = clock() + timeout
+    queries, answers = [], [None] * len(questions)
+    for i, (name, rdtype) in enumerate(questions):
+        try:
+            queries.append((i, _Query(name, rdtype)))
+        except (dns.exception.DNSException, ValueError) as error:
+            answers[i] = Answer(error="bad name: %s" % error)
+    poller = select.poll()
+    by_fd = {}
+    retry = min(1.0, max(timeout / 3.0, 0.05))
+
+    def send(query):
+        query.server = server_list[query.attempt % len(server_list)]
+        query.attempt += 1
+        query.sent = clock()
+        family = socket.AF_INET6 if ":" in query.server[0] else socket.AF_INET
+        if query.socket is not None:
+            poller.unregister(query.socket.fileno())
+            del by_fd[query.socket.fileno()]
+            query.socket.close()
+        query.socket = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            query.socket.sendto(query.wire, query.server)
+        except OSError as error:
+            query.failure = "unable to send: %s" % error
+        poller.register(query.socket.fileno(), select.POLLIN)
+        by_fd[query.socket.fileno()] = query
+
+    def finish(query, answer):
+        query.answer = answer
+        poller.unregister(query.socket.fileno())
+        del by_fd[query.socket.fileno()]
+        query.socket.close()
+
+    def receive(query):
+        data, source = query.socket.recvfrom(65535)
+        if source[:2] != query.server or data[:2] != query.wire[:2]:
+            return  # not our answer: wait for the real one
+        try:
+            response = dns.message.from_wire(data, question_only=False)
+            if response.flags & 0x0200:  # TC: ask again over TCP
+                response = dns.message.from_wire(
+                    _tcp(query.wire, query.server, deadline - clock())
+                )
+            if not query.message.is_response(response):
+                raise dns.exception.FormError("reply does not match the question")
+        except (dns.exception.DNSException, OSError, ValueError) as error:
+            query.failure = "malformed reply from %s: %s" % (query.server[0], error)
+            if query.attempt < len(server_list):
+                send(query)
+            else:
+                finish(query, Answer(error=query.failure))
+            return
+        rcode = response.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            finish(query, Answer())
+        elif rcode == dns.rcode.NOERROR:
+            finish(query, Answer(_values(response, query.rdtype)))
+        else:
+            query.failure = "%s from %s" % (dns.rcode.to_text(rcode), query.server[0])
+            if query.attempt < len(server_list):
+                send(query)  # another server may know better
+            else:
+                finish(query, Answer(error=query.failure))
+
+    try:
+        for _, query in queries:
+            send(query)
+        while by_fd:
+            now = clock()
+            if now >= deadline:
+                break
+            for query in list(by_fd.values()):
+                if now - query.sent >= retry * (2 ** (query.attempt // len(server_list))):
+                    send(query)
+            wait = min(deadline - now, retry)
+            for fd, _ in poller.poll(wait * 1000):
+                query = by_fd.get(fd)
+                if query is not None:
+                    try:
+                        receive(query)
+                    except OSError:  # ICMP unreachable and the like
+                        pass
+    finally:
+        for query in list(by_fd.values()):
+            query.socket.close()
+    for i, query in queries:
+        answers[i] = query.answer or Answer(error=query.failure)
+    return answers
+
+
+def make(environ, timeout, resolv_conf=RESOLV_CONF):
+    """Return lookup(questions) bound to the configured servers and timeout."""
+    server_list = servers(environ, resolv_conf)
+
+    def resolve(questions):
+        return lookup(questions, server_list, timeout)
+
+    return resolve
