@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: ISC
-"""Read djb's constant databases (cdb) with the standard library only."""
+"""Read and write djb's constant databases (cdb); reading needs the standard library only."""
 
+import errno
 import os
 
 
@@ -81,3 +82,185 @@ class Reader:
             start = at + 8
             yield data[start : start + klen], data[start + klen : start + klen + dlen]
             at = start + klen + dlen
+
+
+# --- Writing ------------------------------------------------------------------
+
+
+class Writer:
+    """Write a cdb to a binary file, byte for byte as djb's cdbmake does."""
+
+    def __init__(self, out):
+        import struct
+
+        self._out = out
+        self._pack = struct.Struct("<LL").pack
+        self._tables = [[] for _ in range(256)]
+        self._pos = 2048
+        self._hash = _hasher()
+        out.write(b"\0" * 2048)
+
+    def add(self, key, value=b""):
+        """Append one record; an earlier record of the same key is found first."""
+        h = self._hash(key)
+        self._tables[h & 255].append((h, self._pos))
+        self._out.write(self._pack(len(key), len(value)) + key + value)
+        self._pos += 8 + len(key) + len(value)
+        if self._pos > 0xFFFFFFFF:
+            raise OSError(errno.EFBIG, "a cdb cannot be 4 GiB or larger")
+
+    def finish(self):
+        """Write the hash tables and the header; the file stays open."""
+        import struct
+
+        pos = self._pos
+        header = []
+        for table in self._tables:
+            slots = len(table) * 2
+            pairs = [0] * (slots * 2)
+            for h, record in table:
+                # as cdb_make: an empty slot is one without a record position
+                # (a key may hash to 0), first in, first probed
+                at = (h >> 8) % slots
+                while pairs[at * 2 + 1]:
+                    at = at + 1 if at + 1 < slots else 0
+                pairs[at * 2] = h
+                pairs[at * 2 + 1] = record
+            header += (pos, slots)
+            if slots:
+                self._out.write(struct.pack("<%dL" % len(pairs), *pairs))
+            pos += slots * 8
+            if pos > 0xFFFFFFFF:
+                raise OSError(errno.EFBIG, "a cdb cannot be 4 GiB or larger")
+        self._out.seek(0)
+        self._out.write(struct.pack("<512L", *header))
+        self._out.flush()
+
+
+def _hasher():
+    """Return the cdb hash function: pure-cdb's C one when present, else ours."""
+    try:
+        from cdblib import djb_hash
+    except ImportError:
+        return cdb_hash
+    return djb_hash
+
+
+class _FastWriter:
+    """The Writer interface on cdbx's C cdb_make (same bytes, much faster)."""
+
+    def __init__(self, fd):
+        import cdbx
+
+        self._maker = cdbx.CDB.make(fd, close=False, mmap=False)
+        self.add = self._maker.add
+
+    def finish(self):
+        self._maker.commit().close()
+
+
+def fast_available():
+    """Return True when the C-accelerated writer (cdbx) can be imported."""
+    try:
+        import cdbx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class WriteError(Exception):
+    """Writing a cdb failed: the message says what, the old cdb is untouched."""
+
+
+def _open_tmp(tmp):
+    """Open tmp for writing, locked, truncated; only one build writes it at a time."""
+    import fcntl
+
+    while True:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without locks: write as tcprules does
+        try:
+            # the holder of the lock may have renamed tmp into place meanwhile
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    return fd
+
+
+def write(path, records, tmp=None, writer="auto", mtime_ns=None):
+    """Write records, (key, value) pairs, to the cdb path atomically; return their number.
+
+    The data goes to tmp (default path.tmp, same directory), is synced and
+    then renamed over path.  If anything fails, including the records
+    iterator raising, tmp is removed, path is left as it was and the
+    exception (WriteError for our own I/O) propagates.  writer is "fast"
+    (cdbx), "pure" or "auto" (fast when installed); mtime_ns, if given, is
+    stamped on the new file.
+    """
+    from qtools.core import strerror
+
+    tmp = tmp or path + ".tmp"
+    try:
+        fd = _open_tmp(tmp)
+    except OSError as error:
+        raise WriteError("unable to create %s: %s" % (tmp, strerror(error)))
+    count = 0
+    out = None
+    try:
+        try:
+            if writer == "fast" or (writer == "auto" and fast_available()):
+                maker = _FastWriter(fd)
+            else:
+                out = open(fd, "wb", closefd=False, buffering=1 << 16)
+                maker = Writer(out)
+            for key, value in records:
+                maker.add(key, value)
+                count += 1
+            maker.finish()
+            if out is not None:
+                out.close()
+                out = None
+            os.fsync(fd)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+        except OSError as error:
+            raise WriteError("unable to write to %s: %s" % (tmp, strerror(error)))
+        try:
+            os.rename(tmp, path)
+        except OSError as error:
+            raise WriteError("unable to move %s to %s: %s" % (tmp, path, strerror(error)))
+    except BaseException:
+        if out is not None:
+            try:
+                out.close()  # before fd goes: a later flush must not hit a reused fd
+            except (OSError, ValueError):
+                pass
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        os.close(fd)
+        raise
+    os.close(fd)  # after the rename: the lock covers it
+    _sync_directory(path)
+    return count
+
+
+def _sync_directory(path):
+    """Make the rename durable; a failure here loses nothing already visible."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,245 @@
+# SPDX-License-Identifier: ISC
+"""qtools-mkcdb: build the cdb files of tcpserver and qtools from text, atomically."""
+
+import os
+import sys
+
+from qtools import core
+
+PROG = "qtools-mkcdb"
+USAGE = (
+    "qtools-mkcdb [ -t | -a | -n ] { cdb tmp < text | -c [ text ... ]"
+    " | -s [ -v ] { text cdb ... | dir } | -q key cdb | -d cdb }"
+)
+WRITERS = ("auto", "fast", "pure")
+
+
+def lines_of(data):
+    """Split text into lines as getln does: a last line without LF counts."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def records(fmt, name, data, report):
+    """Return the parsed records of one text; report(message, fatal) hears of problems."""
+    from qtools import rules
+
+    lines = lines_of(data)
+
+    def problem(number, what, fatal):
+        line = core.clean(lines[number - 1].decode("latin-1"))
+        text = "%s line %d: %s" % (name, number, what)
+        report("unable to parse %s: %s" % (text, line) if fatal else text, fatal)
+
+    return rules.FORMATS[fmt](lines, problem)
+
+
+def strict(message, fatal):
+    """Stop at the first bad line, as tcprules does; warn about the others."""
+    if fatal:
+        raise core.Die(100, message)
+    core.warn(PROG, message)
+
+
+def build(fmt, name, data, target, tmp, writer, mtime_ns=None):
+    """Write the cdb target from text data; return the number of records."""
+    from qtools import cdb
+
+    try:
+        return cdb.write(target, records(fmt, name, data, strict), tmp, writer, mtime_ns)
+    except cdb.WriteError as error:
+        raise core.Die(core.TEMP_EXIT, str(error))
+
+
+def read(path):
+    """Return the bytes of path ("-": standard input), or raise Die(111)."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        what = "input" if path == "-" else path
+        raise core.Die(core.TEMP_EXIT, "unable to read %s: %s" % (what, core.strerror(error)))
+
+
+def stdin_name():
+    """Name standard input after the file it was redirected from, if any."""
+    import stat
+
+    try:
+        if stat.S_ISREG(os.fstat(0).st_mode):
+            return os.readlink("/proc/self/fd/0")
+    except OSError:
+        pass
+    return "standard input"
+
+
+def check(fmt, paths, out):
+    """Parse every text and report every bad line; write nothing."""
+    bad = []
+
+    def report(message, fatal):
+        core.warn(PROG, message)
+        bad.extend([message] if fatal else [])
+
+    for path in paths or ["-"]:
+        name = stdin_name() if path == "-" else path
+        count = sum(1 for _ in records(fmt, name, read(path), report))
+        out.append(b"%s: %d records\n" % (name.encode("utf-8", "replace"), count))
+    if bad:
+        raise core.Die(100, "%d bad line%s" % (len(bad), "s" * (len(bad) > 1)))
+
+
+def stale_pairs(args):
+    """Return the (text, cdb) pairs of -s: given pairs, or each text file of a directory."""
+    if len(args) == 1 and os.path.isdir(args[0]):
+        try:
+            names = sorted(os.listdir(args[0]))
+        except OSError as error:
+            raise core.Die(core.TEMP_EXIT, "unable to list %s: %s" % (args[0], core.strerror(error)))
+        paths = [os.path.join(args[0], n) for n in names if not n.startswith(".")]
+        return [
+            (p, p + ".cdb")
+            for p in paths
+            if os.path.isfile(p) and not p.endswith((".cdb", ".tmp", "~"))
+        ]
+    if not args or len(args) % 2:
+        raise core.Usage("-s needs text cdb pairs or one directory")
+    return list(zip(args[0::2], args[1::2]))
+
+
+def stale(fmt, args, writer, verbose):
+    """Rebuild each cdb whose text changed since it was built; return the exit code."""
+    worst = 0
+    for text, target in stale_pairs(args):
+        try:
+            try:
+                mtime = os.stat(text).st_mtime_ns
+            except OSError as error:
+                raise core.Die(core.TEMP_EXIT, "unable to read %s: %s" % (text, core.strerror(error)))
+            try:
+                # a build stamps the text's mtime on the cdb: any change of
+                # the text, even to an older file, shows as a difference
+                if os.stat(target).st_mtime_ns == mtime:
+                    continue
+            except OSError:
+                pass
+            count = build(fmt, text, read(text), target, None, writer, mtime)
+            if verbose:
+                core.info(PROG, "rebuilt %s from %s: %d records" % (target, text, count))
+        except core.Die as error:
+            core.warn(PROG, "%s (%s kept as it was)" % (error.message, target))
+            worst = max(worst, error.code)
+    return worst
+
+
+def show(fmt, key, value):
+    """Return one record as a line of its text format."""
+    if fmt == "a":
+        rejected = value[:1] == b"-"
+        return b"-" * rejected + key + (b" " + value[1:] if rejected and value[1:] else b"")
+    if fmt == "n":
+        return key + (b" " + value if value else b"")
+    words = [b"allow"]
+    for item in value.split(b"\0"):
+        if item == b"D":
+            words[0] = b"deny"
+        elif item[:1] == b"+" and b"=" in item:
+            name, _, text = item[1:].partition(b"=")
+            quote = next(q for q in b"\"'/|#%!~^" if q not in text).to_bytes(1, "big")
+            words.append(b"," + name + b"=" + quote + text + quote)
+    return key + b":" + b"".join(words)
+
+
+def find(fmt, reader, key):
+    """Return the records a client of the cdb would get for key, best first."""
+    from qtools import netlist
+
+    if fmt == "t":
+        return [(key, bytes(v)) for v in reader.get_all(key)]
+    if fmt == "a":
+        key = key.lower()
+        for candidate in (key, b"@" + key.rpartition(b"@")[2]):
+            value = reader.get(candidate)
+            if value is not None:
+                return [(candidate, bytes(value))]
+        return []
+    text = key.decode("latin-1")
+    parsed = core.parse_ip(text)
+    if parsed is None and "/" in text:
+        from qtools.rules import network_key
+
+        try:
+            key = network_key(key)[0]
+        except ValueError as error:
+            raise core.Die(100, str(error))
+        value = reader.get(key)
+        return [] if value is None else [(key, bytes(value))]
+    if parsed is None:
+        hit = netlist.lookup(reader, host=text.lstrip("="))
+    else:
+        hit = netlist.lookup(reader, packed=parsed[1])
+    return [hit] if hit else []
+
+
+def lookup(fmt, key, path, out):
+    """Print the records of -q key or, with key None, every record (-d)."""
+    from qtools import cdb
+
+    try:
+        reader = cdb.Reader(path)
+    except OSError as error:
+        raise core.Die(core.TEMP_EXIT, "unable to read %s: %s" % (path, core.strerror(error)))
+    with reader:
+        if key is None:
+            found = [(bytes(k), bytes(v)) for k, v in reader.items() if k[:1] != b"\0"]
+        else:
+            found = find(fmt, reader, os.fsencode(key))
+        out.extend(show(fmt, k, v) + b"\n" for k, v in found)
+    return 0 if found or key is None else 100
+
+
+@core.main_of(PROG, USAGE)
+def main(argv, environ):
+    """Build, check, rebuild-if-stale or query cdb files."""
+    options, args = core.getopt(argv, "tancdq:sv")
+    fmt, mode, key, verbose = "t", "build", None, False
+    for letter, value in options:
+        if letter in "tan":
+            fmt = letter
+        elif letter == "v":
+            verbose = True
+        else:
+            if mode != "build":
+                raise core.Usage("only one of -c, -d, -q, -s")
+            mode, key = {"c": "check", "d": "dump", "q": "query", "s": "stale"}[letter], value
+    writer = environ.get("QTOOLS_CDB_WRITER") or "auto"
+    if writer not in WRITERS:
+        raise core.Die(100, "invalid $QTOOLS_CDB_WRITER: %s" % core.clean(writer))
+    from qtools.cdb import fast_available
+
+    if writer == "fast" and not fast_available():
+        raise core.Die(100, "$QTOOLS_CDB_WRITER is fast but cdbx is not installed")
+    out = []
+    code = 0
+    if mode == "check":
+        check(fmt, args, out)
+    elif mode == "stale":
+        code = stale(fmt, args, writer, verbose)
+    elif mode in ("query", "dump"):
+        if len(args) != 1:
+            raise core.Usage()
+        code = lookup(fmt, key, args[0], out)
+    elif len(args) != 2:
+        raise core.Usage()
+    else:
+        build(fmt, stdin_name(), read("-"), args[0], args[1], writer)
+    try:
+        sys.stdout.buffer.write(b"".join(out))
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        pass
+    return code
