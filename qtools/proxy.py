@@ -1,0 +1,735 @@
+# SPDX-License-Identifier: ISC
+"""The SMTP proxy engine: one process between the client and the next program.
+
+A proxy-level program (validrcptto, tarpit, triplet greylisting) does not
+start a proxy: it calls add_filter(), which registers its Filter and hands
+the connection on.  When the chain reaches an external program (qmail-smtpd),
+one proxy starts with every filter stacked in chain order and that program as
+a child on a socketpair.
+
+The filter contract.  A Filter has two hooks, both optional:
+
+  command(session, verb, line)
+      Called for each client command outside DATA, in order, after the
+      filters before it passed it.  verb is the lowercased verb, line the
+      raw line without its line ending (bytes).  Return None to pass the
+      command on, or a complete CRLF-terminated reply to answer it in the
+      backend's place; the reply waits behind the backend's outstanding
+      replies (PIPELINING order).  A reply starting with "421" closes the
+      connection once sent.
+
+  reply(session, verb, lines)
+      Called with each backend reply to a passed command, last filter
+      first (as if the filters were stacked proxies).  lines are the reply
+      lines with their line endings.  Return None to keep them or a new
+      list of lines.  Call session.hold(seconds) to have the reply sent
+      that much later (the tarpit); meanwhile the proxy keeps relaying and
+      replies behind it wait.  verb is b"" for the greeting and b"." for
+      the reply at the end of a message.  The code of a reply to DATA must
+      not be changed: the backend is in DATA mode after its 354.
+
+The session carries client (core.Client), environ, helo, mail_from (the
+address as qmail-smtpd parses it, b"" for the null sender, None outside a
+transaction; set when MAIL is passed, cleared when the backend refuses it),
+rcpts (the recipients the backend accepted), tls, a per-connection dict
+state for filters, log(verdict, fields) and hold(seconds).
+
+The framing is qmail-smtpd's: a command ends at LF, one CR before it is
+dropped for parsing, and the bytes are forwarded exactly as received.  DATA
+mode starts on the backend's 354 and ends only on CR LF . CR LF; a bare LF
+in DATA gets qmail-smtpd's own 451 and the connection is closed, so no two
+programs can disagree about where a message ends.
+"""
+
+import os
+import time
+
+from qtools import core
+from qtools.address import parse_path, argument
+
+# Replies the proxy makes itself.
+TOO_LONG = b"500 command line too long (#5.5.2)\r\n"
+BARE_LF = b"451 See http://pobox.com/~djb/docs/smtplf.html.\r\n"
+UNIMPLEMENTED = b"502 unimplemented (#5.5.1)\r\n"
+TLS_SYNTAX = b"501 syntax error, STARTTLS takes no parameters (#5.5.4)\r\n"
+TLS_READY = b"220 ready to start TLS\r\n"
+TIMEOUT = b"421 timeout, closing connection (#4.4.2)\r\n"
+
+# EHLO keywords the proxy never lets through from the backend: it does not
+# convert BDAT, and a backend's STARTTLS would make it a blind relay.
+HIDDEN = frozenset((b"CHUNKING", b"STARTTLS"))
+
+MAX_LINE = 2048  # Postfix's line_length_limit; RFC 5321 needs 512
+HIGH_WATER = 1 << 20  # stop reading a side while this much waits to be written
+BLOCK = 1 << 16
+IDLE_TIMEOUT = 1200  # qmail-smtpd's timeoutsmtpd default
+TOTAL_TIMEOUT = 3600
+CHILD_GRACE = 5.0  # seconds the child gets to leave after its input closes
+
+_bare_lf = None
+
+
+class Filter:
+    """A proxy-level check; both hooks are optional (see the module text)."""
+
+    def command(self, session, verb, line):
+        return None
+
+    def reply(self, session, verb, lines):
+        return None
+
+
+class Session:
+    """What the filters know of one connection."""
+
+    def __init__(self, client, environ, logger=None):
+        self.client = client
+        self.environ = environ
+        self.helo = None
+        self.mail_from = None
+        self.rcpts = []
+        self.tls = False
+        self.state = {}
+        self.prog = "proxy"
+        self.delay = 0
+        self._logger = logger or core.log
+
+    def log(self, verdict, fields=()):
+        """Write the decision log line under the name of the filter being called."""
+        self._logger(self.prog, self.client.ip, verdict, fields)
+
+    def hold(self, seconds):
+        """Send the reply being filtered seconds later (reply hooks only)."""
+        self.delay = max(self.delay, seconds)
+
+    def reset(self):
+        self.mail_from = None
+        self.rcpts = []
+
+
+class Entry:
+    """One reply the client is owed, in command order."""
+
+    __slots__ = ("verb", "line", "reply", "ready_at", "close", "starttls")
+
+    def __init__(self, verb, line=b"", reply=None):
+        self.verb = verb
+        self.line = line
+        self.reply = reply
+        self.ready_at = 0.0
+        self.close = reply is not None and reply[:3] == b"421"
+        self.starttls = False
+
+
+def code_of(lines):
+    """Return the three-digit code of a reply as bytes."""
+    return lines[0][:3] if lines else b""
+
+
+def edit_ehlo(lines, offer_tls):
+    """Return EHLO reply lines without CHUNKING and STARTTLS, with our STARTTLS if offer_tls."""
+    kept = [lines[0]] + [
+        line for line in lines[1:]
+        if (line[4:].split(None, 1) or [b""])[0].upper() not in HIDDEN
+    ]
+    if offer_tls:
+        ending = b"\r\n" if lines[0].endswith(b"\r\n") else b"\n"
+        kept.insert(1, kept[0][:3] + b"-STARTTLS" + ending)
+    last = len(kept) - 1
+    out = []
+    for i, line in enumerate(kept):
+        if len(line) >= 4 and line[3:4] in (b"-", b" "):
+            line = line[:3] + (b" " if i == last else b"-") + line[4:]
+        elif i != last:  # a bare "250" line that is no longer the last one
+            line = line[:3] + b"-" + line[3:]
+        out.append(line)
+    return out
+
+
+class Engine:
+    """The proxy as a state machine fed bytes: no file descriptors, no clock of its own.
+
+    Feed client bytes to client_data() and backend bytes to server_data()
+    (b"" for end of file); take what to send from to_client and to_server.
+    """
+
+    def __init__(self, filters, session, tls=False, max_line=MAX_LINE, clock=time.monotonic):
+        self.filters = list(filters)
+        self.session = session
+        self.tls_available = tls
+        self.max_line = max_line
+        self.clock = clock
+        self.prog = self.filters[0][0] if self.filters else "proxy"
+        self.to_client = bytearray()
+        self.to_server = bytearray()
+        self.queue = [Entry(b"")]  # the greeting is owed first
+        self.waiting = [self.queue[0]]
+        self.cin = bytearray()
+        self.sin = bytearray()
+        self.lines = []
+        self.data = False
+        self.tail = b""
+        self.blocked = False
+        self.discarding = False
+        self.closing = False
+        self.tls_pending = False
+        self.held = 0.0
+        self.client_eof = False
+        self.server_eof = False
+        self.why = None
+
+    # --- client side -------------------------------------------------------
+
+    def client_data(self, data):
+        """Take bytes from the client (b"" at end of file)."""
+        if not data:
+            self.client_eof = True
+            return
+        if self.closing or self.tls_pending:
+            return  # after STARTTLS, plaintext must never become commands
+        if self.data:
+            self._data(data)
+        else:
+            self.cin += data
+            self._commands()
+
+    def _commands(self):
+        cin = self.cin
+        while not (self.blocked or self.closing or self.data):
+            end = cin.find(b"\n")
+            if end < 0:
+                if len(cin) > self.max_line:
+                    # Keep memory bounded; the line is answered at its LF.
+                    self.discarding = True
+                    del cin[:]
+                return
+            raw = bytes(cin[: end + 1])
+            del cin[: end + 1]
+            if self.discarding or end > self.max_line:
+                self.discarding = False
+                self._log("refuse", (("code", 500), ("why", "toolong")))
+                self._local(b"", TOO_LONG)
+                continue
+            line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            self._command(line, raw)
+
+    def _command(self, line, raw):
+        session = self.session
+        verb = line.split(b" ", 1)[0].lower()
+        if verb == b"starttls":
+            self._starttls(line)
+            return
+        if verb == b"bdat":
+            self._local(verb, UNIMPLEMENTED)
+            return
+        for prog, each in self.filters:
+            session.prog = prog
+            try:
+                reply = each.command(session, verb, line)
+            except Exception as error:  # a broken filter must not break mail
+                core.warn(prog, "filter failed: %s: %s" % (type(error).__name__, error))
+                reply = None
+            if reply is not None:
+                self._local(verb, reply)
+                return
+        if verb == b"mail":
+            session.mail_from = parse_path(line)
+            session.rcpts = []
+        elif verb in (b"helo", b"ehlo"):
+            session.helo = argument(line)
+            session.reset()
+        elif verb == b"rset":
+            session.reset()
+        self._forward(Entry(verb, line), raw)
+        if verb == b"data":
+            self.blocked = True  # what follows is data only if the backend says 354
+
+    def _starttls(self, line):
+        if not self.tls_available or self.session.tls:
+            self._local(b"starttls", UNIMPLEMENTED)
+        elif line.strip().lower() != b"starttls":
+            self._local(b"starttls", TLS_SYNTAX)
+        else:
+            entry = self._local(b"starttls", TLS_READY)
+            entry.starttls = True
+            self.blocked = True
+            del self.cin[:]  # CVE-2011-0411: nothing sent before TLS counts
+
+    def _local(self, verb, reply):
+        entry = Entry(verb, reply=reply)
+        self.queue.append(entry)
+        self._release()
+        return entry
+
+    def _forward(self, entry, raw):
+        self.queue.append(entry)
+        self.waiting.append(entry)
+        self.to_server += raw
+
+    def _data(self, data):
+        global _bare_lf
+        if _bare_lf is None:
+            import re
+
+            _bare_lf = re.compile(rb"(?<!\r)\n")
+        window = self.tail + data
+        base = len(self.tail)
+        end = window.find(b"\r\n.\r\n")
+        bare = _bare_lf.search(window, base)
+        if bare is not None and (end < 0 or bare.start() < end):
+            self._log("refuse", (("code", 451), ("why", "barelf")))
+            self.data = False
+            self.closing = True
+            self.why = "barelf"
+            self.to_client += BARE_LF
+            return
+        if end < 0:
+            self.to_server += data
+            self.tail = window[-4:]
+            return
+        cut = end + 5
+        self.to_server += window[base:cut]
+        self.data = False
+        self.tail = b""
+        self._forward(Entry(b"."), b"")
+        self.cin += window[cut:]
+        self._commands()
+
+    # --- backend side ------------------------------------------------------
+
+    def server_data(self, data):
+        """Take bytes from the backend (b"" at end of file)."""
+        if not data:
+            self.server_eof = True
+            if self.sin:
+                self.lines.append(bytes(self.sin))
+                del self.sin[:]
+            if self.lines:
+                lines, self.lines = self.lines, []
+                self._reply(lines)
+            # What the backend never answered stays unanswered; what it
+            # did answer still goes out in turn, held replies included.
+            self.queue = [entry for entry in self.queue if entry.reply is not None]
+            self.waiting = []
+            self.blocked = True
+            self._release()
+            return
+        self.sin += data
+        sin = self.sin
+        while True:
+            end = sin.find(b"\n")
+            if end < 0:
+                return
+            line = bytes(sin[: end + 1])
+            del sin[: end + 1]
+            self.lines.append(line)
+            if line[3:4] != b"-":
+                lines, self.lines = self.lines, []
+                self._reply(lines)
+
+    def _reply(self, lines):
+        session = self.session
+        if self.waiting:
+            entry = self.waiting.pop(0)
+        else:  # said without being asked: pass it on in turn
+            entry = Entry(b"")
+            self.queue.append(entry)
+        verb, code = entry.verb, code_of(lines)
+        ok = code[:1] == b"2"
+        if verb == b"ehlo" and ok:
+            lines = edit_ehlo(lines, self.tls_available and not session.tls)
+        elif verb == b"mail" and not ok:
+            session.mail_from = None
+        elif verb == b"rcpt" and ok:
+            session.rcpts.append(parse_path(entry.line))
+        elif verb == b".":
+            session.reset()
+        session.delay = 0
+        for prog, each in reversed(self.filters):
+            session.prog = prog
+            try:
+                edited = each.reply(session, verb, lines)
+            except Exception as error:
+                core.warn(prog, "filter failed: %s: %s" % (type(error).__name__, error))
+                edited = None
+            if edited is not None:
+                lines = edited
+        if session.delay:
+            # Held replies wait one after the other, as a backend that
+            # sleeps before each reply would make them.
+            entry.ready_at = max(self.clock(), self.held) + session.delay
+            self.held = entry.ready_at
+        entry.reply = b"".join(lines)
+        entry.close = code == b"421"
+        if verb == b"data":
+            self.blocked = False
+            if code == b"354":
+                self.data = True
+                self.tail = b"\r\n"  # qmail-smtpd starts DATA as after CR LF
+        self._release()
+        if self.data and self.cin:
+            pending = bytes(self.cin)
+            del self.cin[:]
+            self._data(pending)
+        elif not self.data:
+            self._commands()
+
+    # --- replies to the client ---------------------------------------------
+
+    def _release(self):
+        now = None
+        while self.queue and not self.closing:
+            head = self.queue[0]
+            if head.reply is None:
+                return
+            if head.ready_at:
+                now = self.clock() if now is None else now
+                if now < head.ready_at:
+                    return
+            self.queue.pop(0)
+            self.to_client += head.reply
+            if head.close:
+                self.closing = True
+                self.why = "421"
+            elif head.starttls:
+                self.tls_pending = True
+                return
+
+    def deadline(self):
+        """Return the clock time a held reply is due, or None."""
+        if self.queue and self.queue[0].reply is not None and self.queue[0].ready_at:
+            return self.queue[0].ready_at
+        return None
+
+    def tick(self):
+        """Send held replies whose time has come."""
+        self._release()
+
+    def finished(self):
+        """Return True once nothing more can be said to the client."""
+        return self.closing or (self.server_eof and not self.queue and not self.to_client)
+
+    def drained(self):
+        """Return True when no client byte already taken can still reach the backend."""
+        return not self.to_server and not (self.blocked and self.cin and not self.server_eof)
+
+    def wants_input(self):
+        """Return True while more client bytes may be taken (backpressure)."""
+        return not self.closing and len(self.to_server) < HIGH_WATER and len(self.cin) < HIGH_WATER
+
+    def owes(self):
+        """Return True while the client waits for a reply."""
+        return bool(self.queue) and not self.data
+
+    def abort(self, reply, why):
+        """Say reply now, out of turn, and close (timeouts)."""
+        if not self.closing:
+            self.to_client += reply
+            self.closing = True
+            self.why = why
+
+    def tls_started(self):
+        """The TLS handshake begins: forget the plaintext session (RFC 3207 section 4.2)."""
+        self.tls_pending = False
+        self.blocked = False
+        session = self.session
+        session.tls = True
+        session.helo = None
+        session.reset()
+        # The backend forgets a transaction begun in plaintext; its reply
+        # is ours, not the client's.
+        entry = Entry(b"rset", b"RSET")
+        self._forward(entry, b"RSET\r\n")
+        self.queue.remove(entry)
+
+    def _log(self, verdict, fields):
+        self.session._logger(self.prog, self.session.client.ip, verdict, fields)
+
+
+# --- Running it -----------------------------------------------------------
+
+
+class _TLS:
+    """TLS on the client side, done in memory so the fds stay ours to poll."""
+
+    def __init__(self, context):
+        import ssl
+
+        self.ssl = ssl
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.ready = False
+
+    def feed(self, data, engine):
+        """Decrypt client bytes (b"" at end of file) into the engine; return False on failure."""
+        ssl = self.ssl
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+        try:
+            if not self.ready:
+                self.obj.do_handshake()
+                self.ready = True
+            while True:
+                plain = self.obj.read(BLOCK)
+                if not plain:
+                    engine.client_data(b"")
+                    return True
+                engine.client_data(plain)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return True
+        except ssl.SSLZeroReturnError:
+            engine.client_data(b"")
+            return True
+        except (ssl.SSLError, ssl.SSLEOFError) as error:
+            core.warn(engine.prog, "TLS failed: %s" % (getattr(error, "reason", None) or error))
+            return False
+
+    def encrypt(self, engine):
+        """Return the bytes to send to the client: the engine's replies once the handshake is done."""
+        if self.ready and engine.to_client:
+            self.obj.write(bytes(engine.to_client))
+            del engine.to_client[:]
+        return self.outgoing.read()
+
+
+def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
+          total=TOTAL_TIMEOUT, clock=time.monotonic):
+    """Move bytes between the client fds, the engine and the backend socket until the end.
+
+    Return why it ended: "eof", "421", "timeout", "barelf", "tls" or "gone".
+    """
+    import select
+
+    IN, OUT = select.POLLIN | select.POLLHUP | select.POLLERR, select.POLLOUT
+    sfd = server.fileno()
+    for fd in {infd, outfd, sfd}:
+        os.set_blocking(fd, False)
+    start = last = clock()
+    out = bytearray()  # bytes for the client, encrypted once TLS is on
+    secure = None
+    shut = client_eof = False
+    while True:
+        if secure is not None:
+            out += secure.encrypt(engine)
+        elif engine.to_client:
+            out += engine.to_client
+            del engine.to_client[:]
+        if engine.tls_pending and not out:
+            secure = _TLS(tls)
+            engine.tls_started()
+        if not out and engine.finished():
+            return engine.why or "eof"
+        if engine.client_eof and engine.drained() and not shut:
+            shut = True
+            try:
+                server.shutdown(1)  # the backend reads EOF as the client leaving
+            except OSError:
+                pass
+        masks = {}
+        if not client_eof and engine.wants_input():
+            masks[infd] = select.POLLIN
+        if out:
+            masks[outfd] = masks.get(outfd, 0) | OUT
+        if not engine.server_eof:
+            if len(out) < HIGH_WATER:
+                masks[sfd] = select.POLLIN
+            if engine.to_server:
+                masks[sfd] = masks.get(sfd, 0) | OUT
+        now = clock()
+        limits = []
+        due = engine.deadline()
+        if due is not None:
+            limits.append(due - now)
+        if idle and not engine.owes():
+            limits.append(last + idle - now)
+        if total:
+            limits.append(start + total - now)
+        if not masks and not limits:
+            return "eof"
+        poller = select.poll()
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
+        timeout = max(0.0, min(limits)) * 1000 if limits else None
+        for fd, event in poller.poll(timeout):
+            if fd == sfd and event & OUT and engine.to_server:
+                try:
+                    del engine.to_server[: os.write(sfd, engine.to_server[: 4 * BLOCK])]
+                except BlockingIOError:
+                    pass
+                except OSError:  # the backend is gone; what it said is still read
+                    del engine.to_server[:]
+            if fd == sfd and event & IN:
+                try:
+                    data = os.read(sfd, BLOCK)
+                except BlockingIOError:
+                    data = None
+                except OSError:
+                    data = b""
+                if data is not None:
+                    engine.server_data(data)
+            if fd == outfd and event & (OUT | select.POLLERR | select.POLLHUP) and out:
+                try:
+                    del out[: os.write(outfd, out[: 4 * BLOCK])]
+                    last = clock()
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return "gone"
+            if fd == infd and event & IN:
+                try:
+                    data = os.read(infd, BLOCK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                last = clock()
+                client_eof = not data
+                if secure is None:
+                    engine.client_data(data)
+                elif not secure.feed(data, engine):
+                    return "tls"
+        engine.tick()
+        now = clock()
+        if (total and now - start >= total) or (
+            idle and not engine.owes() and now - last >= idle
+        ):
+            engine.abort(TIMEOUT, "timeout")
+
+
+def spawn(argv, environ):
+    """Start argv with environ on a socketpair as its fds 0 and 1; return (pid, our socket)."""
+    import _signal
+    import socket
+
+    path = core._which(argv[0], environ.get("PATH"))
+    if path is None:
+        raise core.Die(core.TEMP_EXIT, "unable to run %s: file does not exist" % argv[0])
+    ours, theirs = socket.socketpair()
+    try:
+        pid = os.posix_spawn(
+            path, argv, environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 0),
+                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 1),
+            ],
+            setsigdef=(_signal.SIGPIPE,),  # Python ignores it; the child must not
+        )
+    except OSError as error:
+        ours.close()
+        raise core.Die(core.TEMP_EXIT, "unable to run %s: %s" % (argv[0], core.strerror(error)))
+    finally:
+        theirs.close()
+    return pid, ours
+
+
+def reap(pid, grace=CHILD_GRACE):
+    """Wait for the child, ending it if it stays; return (exit code or -signal, ended by us)."""
+    import _signal
+
+    for sig, wait in ((None, grace), (_signal.SIGTERM, 2.0), (_signal.SIGKILL, None)):
+        if sig is not None:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (wait or 0)
+        while True:
+            done, status = os.waitpid(pid, 0 if wait is None else os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status), sig is not None
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)  # a poll, never a busy wait
+    return -9, True
+
+
+def _seconds(environ, name, default):
+    text = environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise core.Die(core.USAGE_EXIT, "invalid $%s: %s" % (name, core.clean(text)))
+    return value
+
+
+def tls_context(prog, environ):
+    """Return an ssl context from $QTOOLS_TLS_CERT/$QTOOLS_TLS_KEY, or None without one."""
+    cert = environ.get("QTOOLS_TLS_CERT")
+    if not cert:
+        return None
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, environ.get("QTOOLS_TLS_KEY") or None)
+    except (OSError, ssl.SSLError) as error:
+        # Our failure: go on without STARTTLS rather than refuse mail.
+        core.warn(prog, "unable to load %s: %s" % (cert, getattr(error, "strerror", None) or error))
+        return None
+    return context
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
+def run(filters, argv, environ, infd=0, outfd=1):
+    """Proxy the connection on infd/outfd to argv through filters; return the exit code."""
+    import _signal
+
+    prog = filters[0][0]
+    client = core.client(environ)
+    idle = _seconds(environ, "QTOOLS_IDLE_TIMEOUT", IDLE_TIMEOUT)
+    total = _seconds(environ, "QTOOLS_TOTAL_TIMEOUT", TOTAL_TIMEOUT)
+    tls = tls_context(prog, environ)
+    engine = Engine(filters, Session(client, environ), tls=tls is not None)
+    pid, server = spawn(argv, environ)
+    _signal.signal(_signal.SIGTERM, _terminate)
+    why = "error"
+    try:
+        why = relay(engine, server, infd, outfd, tls, idle, total)
+    except _Terminated:
+        why = "terminated"
+    finally:
+        _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+        server.close()
+        for fd in {infd, outfd}:
+            try:
+                os.close(fd)  # the client sees the end now, not after the child
+            except OSError:
+                pass
+        status, ended = reap(pid)
+    fields = [("why", why)]
+    fields.append(("status", status) if status >= 0 else ("signal", -status))
+    core.log(prog, client.ip, "end", fields)
+    if ended or why != "eof":
+        return 0
+    return status if status >= 0 else core.TEMP_EXIT
+
+
+_pending = []
+
+
+def add_filter(prog, each, argv, environ):
+    """Stack filter each for the proxy of this connection and hand the connection on."""
+    if not _pending:
+        core.set_launcher(_launch)
+    _pending.append((prog, each))
+    return core.chain(prog, argv, environ)
+
+
+def _launch(argv, environ):
+    filters = list(_pending)
+    del _pending[:]
+    core.set_launcher(None)
+    return run(filters, argv, environ)
