@@ -87,14 +87,8 @@ def addresses(lines, report):
         if not line or line[0] == 35:
             continue
         entry, text = _split(line)
-        if entry[:1] == b"-":
-            entry, value = entry[1:], b"-" + text
-        elif text:
-            report(number, "text after an accepted address (only a -address takes one)", True)
-            continue
-        else:
-            value = b""
-        key = entry.lower()
+        rejected = entry[:1] == b"-"
+        key = entry[rejected:].lower()
         local, at, domain = key.rpartition(b"@")
         if not at or b"@" in local:
             problem = "expected one @ in user@domain or @domain"
@@ -102,8 +96,11 @@ def addresses(lines, report):
             problem = "the local part is not printable ASCII"
         elif not _hostname(domain):
             problem = "invalid domain %s" % _text(domain)
+        elif text and not rejected:
+            problem = "text after an accepted address (only a -address takes one)"
         else:
             problem = None
+        value = b"-" + text if rejected else b""
         if problem:
             report(number, problem, True)
             continue
@@ -162,9 +159,11 @@ def network_key(entry):
             length, slash = b"%d" % (8 * len(octets)), b"/"
     parsed = parse_ip(address.decode("latin-1"))
     if parsed is None:
-        if slash or not _hostname(entry.lower()) or entry.rstrip(b".").rsplit(b".")[-1].isdigit():
+        name = entry.lower().rstrip(b".")
+        # a name's last label has a letter: 1.2.3.400 is a broken address
+        if slash or not _hostname(name) or not name.rsplit(b".")[-1].strip(_DIGITS + b"-_"):
             raise ValueError("invalid address, network or host name %s" % _text(entry))
-        return b"=" + entry.lower().rstrip(b"."), None, None
+        return b"=" + name, None, None
     packed = parsed[1]
     width = len(packed) * 8
     if not slash:
