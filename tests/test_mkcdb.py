@@ -232,8 +232,14 @@ class TestParseAddresses:
         ],
     )
     def test_records(self, line, records):
-        """Each line gives its key, case folded, and its value."""
-        assert collect(rules.addresses, line) == (records, [])
+        """Each line gives its key, case folded, and its value, then its domain's marker."""
+        markers = [(k.partition(b"@")[2], b"") for k, _ in records]
+        assert collect(rules.addresses, line) == (records + markers, [])
+
+    def test_domain_markers(self):
+        """Every domain of the list gets one bare key, in order of first mention."""
+        found, _ = collect(rules.addresses, b"a@x.example\n-b@y.example\n@x.example\n@Z.example")
+        assert [k for k, _ in found if b"@" not in k] == [b"x.example", b"y.example", b"z.example"]
 
     @pytest.mark.parametrize(
         "line, problem",
@@ -253,7 +259,7 @@ class TestParseAddresses:
     def test_duplicates(self):
         """A repeated key is reported, not fatally, and the first line wins."""
         found, problems = collect(rules.addresses, b"a@x.example\nA@X.example\n-a@x.example")
-        assert found == [(b"a@x.example", b"")]
+        assert found == [(b"a@x.example", b""), (b"x.example", b"")]
         assert problems == [
             (2, "a@x.example repeats line 1", False),
             (3, "a@x.example contradicts, and loses to, line 1", False),
@@ -349,6 +355,27 @@ class TestLists:
         assert (query.rc, query.out) == (0, b"@example.net\n")
         assert run_prog(["qtools-mkcdb", "-a", "-q", "x@example.org", target]).rc == 100
 
+    @pytest.mark.parametrize(
+        "address, action",
+        [
+            (b"joe@example.com", "pass"),
+            (b"JOE@Example.Com", "pass"),
+            (b"jim@example.com", "refuse"),
+            (b"spam@example.com", "refuse"),
+            (b"anyone@example.net", "pass"),
+            (b"anyone@old.example", "refuse"),
+            (b"someone@elsewhere.example", "pass"),
+        ],
+    )
+    def test_validrcptto_reads_it(self, tmp_path, address, action):
+        """validrcptto decides on the built list as the jms1 patch would."""
+        from qtools import validrcptto
+
+        done, target = build(tmp_path, self.ADDRESSES, ["-a"])
+        assert done.returncode == 0
+        with cdb.Reader(target) as reader:
+            assert validrcptto.decide(address, reader).action == action
+
     def test_networks(self, tmp_path):
         """A network list builds, dumps back to itself and answers as netlist looks up."""
         done, target = build(tmp_path, self.NETWORKS, ["-n"])
@@ -421,7 +448,7 @@ class TestBadInput:
         target = str(tmp_path / "big.cdb")
         assert run_prog(["qtools-mkcdb", "-a", target, target + ".tmp"], stdin=b"old@example.com\n").rc == 0
         before = open(target, "rb").read()
-        text = b"".join(b"user%d@example.com\n" % n for n in range(400000))
+        text = b"".join(b"user%d@example.com\n" % n for n in range(1000000))
         process = subprocess.Popen(
             [os.path.join(VENV_BIN, "qtools-mkcdb"), "-a", target, target + ".tmp"],
             stdin=subprocess.PIPE, stderr=subprocess.DEVNULL,
