@@ -76,6 +76,55 @@ def servers(environ, resolv_conf=RESOLV_CONF):
     return found[:16] or [("127.0.0.1", 53)]
 
 
+def _octet(text):
+    """Return the set of values "7", "[2..11]" or "[2;4..6]" allows."""
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    values = set()
+    for part in text.split(";"):
+        low, _, high = part.partition("..")
+        low, high = int(low), int(high or low)
+        if not 0 <= low <= high <= 255:
+            raise ValueError(part)
+        values.update(range(low, high + 1))
+    return values
+
+
+def parse_list(spec):
+    """Return (base, codes, weight) from postscreen's "bl.example=127.0.0.[2..11]*3"."""
+    weight = 1
+    if "*" in spec:
+        spec, _, text = spec.rpartition("*")
+        weight = int(text)
+    base, _, codes = spec.partition("=")
+    if not base or base.startswith(".") or ".." in base:
+        raise ValueError(base)
+    if not codes:
+        return base, None, weight
+    octets, depth, part = [], 0, ""
+    for c in codes + ".":
+        depth += (c == "[") - (c == "]")
+        if c == "." and depth == 0:
+            octets.append(_octet(part))
+            part = ""
+        else:
+            part += c
+    if len(octets) != 4:
+        raise ValueError(codes)
+    return base, octets, weight
+
+
+def listed(codes, addresses):
+    """Return True when an A record passes the return-code filter codes (None: any)."""
+    if codes is None:
+        return bool(addresses)
+    for address in addresses:
+        octets = address.split(".")
+        if len(octets) == 4 and all(int(o) in c for o, c in zip(octets, codes)):
+            return True
+    return False
+
+
 def _values(response, rdtype):
     """Return the answer's records of rdtype as plain values (bytes for TXT)."""
     values = []
