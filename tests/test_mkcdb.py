@@ -392,6 +392,15 @@ class TestLists:
                           ("192.0.2.0/24", b"192.0.2.0/24 listed here\n")]:
             assert run_prog(["qtools-mkcdb", "-n", "-q", key, target]).out == line
 
+    @pytest.mark.parametrize("flag, text", [("-a", ADDRESSES), ("-n", NETWORKS)])
+    def test_dump_rebuilds_the_same_file(self, tmp_path, flag, text):
+        """Building from a dump gives the same bytes back."""
+        done, target = build(tmp_path, text + text.upper(), [flag])
+        dumped = run_prog(["qtools-mkcdb", flag, "-d", target]).out
+        again, copy = build(tmp_path, dumped, [flag], name="copy")
+        assert (again.returncode, again.stderr) == (0, b"")
+        assert open(copy, "rb").read() == open(target, "rb").read()
+
     def test_writers_agree(self, tmp_path):
         """QTOOLS_CDB_WRITER=pure and =fast build the same file."""
         text = b"".join(b"user%d@example.com\n" % n for n in range(5000))
