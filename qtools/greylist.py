@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: ISC
 """greylist: defer a client network's first connection, pass its retries."""
 
-import sys
 import time
 
 from qtools import core
@@ -25,12 +24,8 @@ class Config:
 
     def __init__(self):
         self.timers = Timers()
-        self.v4 = 24
-        self.v6 = 64
-        self.learn = False
-        self.selective = False
-        self.fail_closed = False
-        self.triplet = False
+        self.v4, self.v6 = 24, 64
+        self.learn = self.selective = self.fail_closed = self.triplet = False
         self.allow = None
         self.timeout = 60
 
@@ -44,14 +39,9 @@ def key_of_argument(text, config):
     """Return the store key of an address or network given on the command line."""
     base, _, bits = text.partition("/")
     parsed = core.parse_ip(base)
-    if parsed is None:
+    if parsed is None or (bits and (not bits.isdigit() or int(bits) > len(parsed[1]) * 8)):
         raise core.Usage("invalid address: %s" % core.clean(text))
-    packed = parsed[1]
-    if not bits:
-        return key_of(packed, config)
-    if not bits.isdigit() or int(bits) > len(packed) * 8:
-        raise core.Usage("invalid network: %s" % core.clean(text))
-    return core.network_of(packed, int(bits))
+    return core.network_of(parsed[1], int(bits)) if bits else key_of(parsed[1], config)
 
 
 def verdict_of(state, fields, config, now):
@@ -76,7 +66,11 @@ def failed(error, config):
 
 
 def decide(client, environ, config, store, now, allowlist=None):
-    """Return the Verdict for a connection from client at time now."""
+    """Return the Verdict for a connection from client at time now.
+
+    In triplet mode a network that has not passed gets the action "proxy":
+    its recipients are judged one by one by the Triplets filter.
+    """
     if client.relay:
         return core.Verdict("skip", why=(("why", "relayclient"),))
     if "WHITELISTED" in environ:
@@ -97,52 +91,124 @@ def decide(client, environ, config, store, now, allowlist=None):
         found = netlist.lookup(allowlist, client.packed, client.host)
         if found is not None:
             return core.Verdict("skip", why=(("why", "allowlist"), ("entry", found[0].decode())))
-    if config.triplet:
-        return core.Verdict("pass", why=(("mode", "triplet"),))
     key = key_of(client.packed, config)
     try:
-        state = store.check(key, now)
+        if not config.triplet:
+            state = store.check(key, now)
+        elif store.passed(key, now):
+            return core.Verdict("pass", why=(("key", key), ("state", "known")))
+        else:
+            return core.Verdict("proxy", why=(("key", key),))
     except StoreError as error:
         return failed(error, config)
     fields = [("key", key)] + ([("marks", ",".join(tags))] if tags else [])
     return verdict_of(state, fields, config, now)
 
 
+def sender_of(address):
+    """Return the envelope sender as a triplet key uses it.
+
+    Lowercase, with what changes from message to message taken out: a BATV
+    tag (prvs=TAG=user), a +ext, and digits (VERP and ezmlm bounce numbers
+    become "#"), so a list's next message finds the same triplet.
+    """
+    from qtools.address import fold, split
+
+    local, domain = split(fold(address))
+    for prefix in (b"prvs=", b"msprvs1="):
+        if local.startswith(prefix) and b"=" in local[len(prefix) :]:
+            local = local[len(prefix) :].split(b"=", 1)[1]
+    if b"+" in local[1:]:
+        local = local[: local.index(b"+", 1)]
+    out = bytearray()
+    for byte in local:
+        if not (0x30 <= byte <= 0x39):
+            out.append(byte)
+        elif out[-1:] != b"#":
+            out += b"#"
+    return bytes(out) + (b"@" + domain if domain else b"")
+
+
+def triplet_key(network, sender, rcpt):
+    """Return the store key of (network, sender, recipient)."""
+    from qtools.address import fold
+
+    text = b"%s %s" % (sender_of(sender), fold(rcpt))
+    return "%s %s" % (network, text.decode("utf-8", "surrogateescape"))
+
+
+class Triplets:
+    """The proxy filter: defer each recipient of an unproven triplet.
+
+    A bounce (MAIL FROM:<>) is judged at DATA, for all its recipients at
+    once, so that address verification callouts are not deferred.
+    """
+
+    def __init__(self, config, store, network, clock=time.time):
+        self.config, self.store, self.network, self.clock = config, store, network, clock
+
+    def command(self, session, verb, line):
+        sender = session.mail_from
+        if verb == b"rcpt" and sender:
+            from qtools.address import parse_path
+
+            rcpt = parse_path(line)
+            return None if rcpt is None else self.judge(session, sender, [rcpt])
+        if verb == b"data" and sender == b"" and session.rcpts:
+            return self.judge(session, sender, session.rcpts)
+        return None
+
+    def reply(self, session, verb, lines):
+        return None
+
+    def judge(self, session, sender, rcpts):
+        """Check each triplet; return the deferral reply if one must wait."""
+        now = self.clock()
+        refusal, longest = None, -1
+        for rcpt in rcpts:
+            key = triplet_key(self.network, sender, rcpt)
+            try:
+                state = self.store.check(key, now)
+                verdict = verdict_of(state, [("key", key)], self.config, now)
+                if state.status == "pass":
+                    # One proven triplet shows the network retries like an
+                    # MTA: its other senders (pools, VERP) pass from now on.
+                    self.store.allow(self.network, now)
+            except StoreError as error:
+                core.warn(PROG, str(error))
+                state, verdict = None, failed(error, self.config)
+            refused = verdict.action == "refuse"
+            session.log(verdict.reply if refused else verdict.action, verdict.why)
+            left = state.left if state is not None else 0
+            if refused and left > longest:
+                refusal, longest = verdict, left
+        return None if refusal is None else (refusal.reply + "\r\n").encode("ascii", "replace")
+
+
 def parse(argv):
     """Return (config, command letter or None, rest of argv)."""
     options, rest = core.getopt(argv, "nsfiTm:w:l:4:6:a:t:PqAD")
     config, command = Config(), None
-    timers = config.timers
+    flags = {"n": "learn", "s": "selective", "f": "fail_closed", "T": "triplet"}
+    t = config.timers
+    numbers = {"m": (t, "delay", 0, None), "w": (t, "window", 1, None),
+               "l": (t, "lifetime", 1, None), "4": (config, "v4", 0, 32),
+               "6": (config, "v6", 0, 128), "t": (config, "timeout", 0, None)}
     for letter, value in options:
         if letter in "PqAD":
             if command not in (None, letter):
                 raise core.Usage()
             command = letter
-        elif letter == "n":
-            config.learn = True
-        elif letter == "s":
-            config.selective = True
-        elif letter == "f":
-            config.fail_closed = True
+        elif letter in flags:
+            setattr(config, flags[letter], True)
+        elif letter in numbers:
+            target, name, low, high = numbers[letter]
+            setattr(target, name, core.number(PROG, letter, value, low, high))
         elif letter == "i":
             config.v4, config.v6 = 32, 128
-        elif letter == "T":
-            config.triplet = True
-        elif letter == "m":
-            timers.delay = core.number(PROG, letter, value, 0)
-        elif letter == "w":
-            timers.window = core.number(PROG, letter, value, 1)
-        elif letter == "l":
-            timers.lifetime = core.number(PROG, letter, value, 1)
-        elif letter == "4":
-            config.v4 = core.number(PROG, letter, value, 0, 32)
-        elif letter == "6":
-            config.v6 = core.number(PROG, letter, value, 0, 128)
-        elif letter == "a":
+        else:
             config.allow = value
-        elif letter == "t":
-            config.timeout = core.number(PROG, letter, value, 0)
-    if timers.delay >= timers.window:
+    if t.delay >= t.window:
         raise core.Usage("the delay (-m) must be shorter than the window (-w)")
     if not rest or (command is None and len(rest) < 2):
         raise core.Usage()
@@ -165,27 +231,29 @@ def open_allowlist(path):
 def main(argv, environ):
     """Greylist the connection, or run a command on the store."""
     config, command, rest = parse(argv)
-    store = open_store(rest[0], config.timers)
+    try:
+        store = open_store(rest[0], config.timers)
+    except StoreError as error:
+        raise core.Die(core.USAGE_EXIT, str(error))
     if command is not None:
         keys = [key_of_argument(text, config) for text in rest[1:]]
         try:
-            code = admin(command, store, keys, time.time(), lambda line: print(line))
+            code = admin(command, store, keys, time.time(), print)
         except StoreError as error:
             raise core.Die(core.TEMP_EXIT, str(error))
         if code == core.USAGE_EXIT:
             raise core.Usage()
-        sys.stdout.flush()
         return code
     client = core.client(environ)
-    allowlist = open_allowlist(config.allow)
-    verdict = decide(client, environ, config, store, time.time(), allowlist)
+    verdict = decide(client, environ, config, store, time.time(), open_allowlist(config.allow))
     why = dict(verdict.why)
     if why.get("why") == "failure":
         core.warn(PROG, why["error"])
-    if config.triplet and verdict.action == "pass":
-        from qtools import greytriplet
+    if verdict.action == "proxy":
+        from qtools import proxy
 
-        return greytriplet.add(PROG, config, store, rest[1:], environ)
+        filter = Triplets(config, store, why["key"])
+        return proxy.add_filter(PROG, filter, rest[1:], environ)
     return core.act(
         PROG, verdict, client.ip, rest[1:], environ,
         timeout=config.timeout, error_at_data_for_null_sender=True,

@@ -14,8 +14,8 @@ The timers (this is the one place they are defined):
               accepted connection starts the lifetime anew.
 
 A store offers check(key, now) -> State as one atomic step on the connection
-path, and allow, deny, forget, peek, items and purge for the command line and
-cron.  State.status is one of:
+path (and passed(key, now), the refresh of a passed key alone), and allow,
+deny, forget, peek, items and purge for the command line and cron.  State.status is one of:
 
     new    unknown (or forgotten) until now, first seen now: defer
     wait   seen before, the delay is not over: defer, State.left seconds to go
@@ -64,7 +64,8 @@ class State:
 
 def waiting(first, now, timers):
     """Return the State of an unproven key first seen at first."""
-    left = first + timers.delay - now
+    # A concurrent connection's first sight may be a moment after ours.
+    left = min(first + timers.delay - now, timers.delay)
     if left > 0:
         return State("wait", first, left=left)
     return State("pass", first, last=now)
@@ -83,8 +84,8 @@ def file_name(key):
     """Return the file name of key: readable when short, else "=" and a hash."""
     raw = key.encode("utf-8", "surrogateescape")
     name = "".join(chr(b) if b in _SAFE else "%%%02X" % b for b in raw)
-    if name.startswith("."):  # dot names are temporary files, and "." and ".."
-        name = "%2E" + name[1:]
+    if name[:1] in (".", "="):  # temporary files, "." and "..", hashed names
+        name = "%%%02X" % ord(name[0]) + name[1:]
     if len(name) <= _LONG:
         return name
     import hashlib
@@ -165,17 +166,12 @@ class DirStore:
             if st.st_uid != 0:
                 os.chown(path, st.st_uid, st.st_gid)
 
-    def _create(self, path, now, key, exclusive=True, hashed=None):
-        """Create path with mtime now; return False when it exists already."""
-        if hashed is None:
-            hashed = os.path.basename(path).startswith("=")
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
+    def _write(self, path, now, key, hashed):
+        """Create or open path and set its mtime to now."""
         for _ in range(2):
             try:
-                fd = os.open(path, flags, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
                 break
-            except FileExistsError:
-                return False
             except FileNotFoundError:
                 self._mkdirs(path)
             except OSError as error:
@@ -191,22 +187,41 @@ class DirStore:
         finally:
             os.close(fd)
         self._own(path)
-        return True
 
-    def _replace(self, path, now, key):
-        """Put a new entry with mtime now at path, whatever was there."""
+    def _temp(self, path, now, key):
+        """Write a complete entry for path under a temporary name; return it."""
         import _thread
 
         temp = os.path.join(
             os.path.dirname(path), ".tmp.%d.%d" % (os.getpid(), _thread.get_ident()))
+        self._write(temp, now, key, os.path.basename(path).startswith("="))
+        return temp
+
+    def _create(self, path, now, key):
+        """Create path with mtime now; return False when it exists already.
+
+        The entry is complete before link() makes it visible, so a
+        concurrent reader never sees it with the time of its creation
+        instead of now; link() fails if the name exists, also over NFS.
+        """
+        temp = self._temp(path, now, key)
         try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        self._create(temp, now, key, hashed=os.path.basename(path).startswith("="))
+            os.link(temp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as error:
+            raise self._fail("link", temp, error)
+        finally:
+            self._unlink(temp)
+
+    def _replace(self, path, now, key):
+        """Put a new entry with mtime now at path, whatever was there."""
+        temp = self._temp(path, now, key)
         try:
             os.rename(temp, path)
         except OSError as error:
+            self._unlink(temp)
             raise self._fail("rename", temp, error)
 
     def _mtime(self, path):
@@ -265,6 +280,10 @@ class DirStore:
                 return first
         return None
 
+    def passed(self, key, now):
+        """Refresh key and return True if it passed and is alive; else change nothing."""
+        return self._passed(file_name(key), now, refresh=True) is not None
+
     def check(self, key, now):
         """Apply the timers to key at time now, atomically; return its State."""
         name = file_name(key)
@@ -276,15 +295,17 @@ class DirStore:
             path = self._path("grey", now, 0, name)
             if self._create(path, now, key):
                 return State("new", now, left=self.timers.delay)
-            # Created by a concurrent connection just now, or an entry of
-            # the current generation made stale by a clock set back.
+            # Created by a concurrent connection just now (its first-seen
+            # time may be a little later than ours), or made stale by a
+            # clock set back.
             first = self._mtime(path)
-            if first is None or now >= first + self.timers.window or first > now:
+            if first is None or now >= first + self.timers.window:
                 self._replace(path, now, key)
                 return State("new", now, left=self.timers.delay)
         state = waiting(first, now, self.timers)
         if state.status == "pass":
-            self._create(self._path("pass", now, 0, name), now, key, exclusive=False)
+            path = self._path("pass", now, 0, name)
+            self._write(path, now, key, name.startswith("="))
         return state
 
     # --- the command line and cron -------------------------------------------
@@ -302,8 +323,8 @@ class DirStore:
 
     def allow(self, key, now):
         """Let key pass from now on, for one lifetime."""
-        path = self._path("pass", now, 0, file_name(key))
-        self._create(path, now, key, exclusive=False)
+        name = file_name(key)
+        self._write(self._path("pass", now, 0, name), now, key, name.startswith("="))
 
     def deny(self, key, now):
         """Take key's pass away: it is greylisted anew from now."""

@@ -424,18 +424,18 @@ class TestEndToEnd:
         store.mkdir()
         mail.mkdir()
         server = tcpserver(["greylist", "-m", "2", str(store)] + sink_cmd(mail))
-        assert send(server, "127.0.0.2") == (451, b"greylisted, try again in 2 seconds (#4.7.1)")
-        assert send(server, "127.0.0.2")[0] == 451
+        assert send(server, "127.0.1.2") == (451, b"greylisted, try again in 2 seconds (#4.7.1)")
+        assert send(server, "127.0.1.2")[0] == 451
         assert read_maildir(mail) == []
         time.sleep(2.5)
-        assert send(server, "127.0.0.2") is None
-        assert send(server, "127.0.0.77") is None
-        assert send(server, "127.0.1.2")[0] == 451
+        assert send(server, "127.0.1.2") is None
+        assert send(server, "127.0.1.77") is None
+        assert send(server, "127.0.2.2")[0] == 451
         messages = read_maildir(mail)
         assert len(messages) == 2
-        assert b"from 127.0.0.2" in messages[0] and b"from 127.0.0.77" in messages[1]
+        assert b"from 127.0.1.2" in messages[0] and b"from 127.0.1.77" in messages[1]
         log = server.log()
-        assert "greylist: 127.0.0.2 pid " in log and "state=pass" in log
+        assert "greylist: 127.0.1.2 pid " in log and "state=pass" in log
         assert "state=known" in log and "Traceback" not in log
 
     def test_bounce_deferred_at_data(self, tmp_path, tcpserver):
@@ -444,7 +444,7 @@ class TestEndToEnd:
         store.mkdir()
         mail.mkdir()
         server = tcpserver(["greylist", str(store)] + sink_cmd(mail))
-        assert send(server, "127.0.0.2", sender="") == (
+        assert send(server, "127.0.1.2", sender="") == (
             451, b"greylisted, try again in 300 seconds (#4.7.1)")
 
     def test_whitelisted_by_rules(self, tmp_path, tcpserver):
@@ -452,10 +452,10 @@ class TestEndToEnd:
         store, mail = tmp_path / "state", tmp_path / "mail"
         store.mkdir()
         mail.mkdir()
-        rules = "127.0.0.3:allow,WHITELISTED=\"\"\n:allow\n"
+        rules = "127.0.1.3:allow,WHITELISTED=\"\"\n:allow\n"
         server = tcpserver(["greylist", str(store)] + sink_cmd(mail), rules_text=rules)
-        assert send(server, "127.0.0.3") is None
-        assert send(server, "127.0.0.4")[0] == 451
+        assert send(server, "127.0.1.3") is None
+        assert send(server, "127.0.2.4")[0] == 451
         assert len(read_maildir(mail)) == 1
 
     def test_many_simultaneous_connections(self, tmp_path, tcpserver):
@@ -512,3 +512,182 @@ class TestEndToEnd:
         assert len(decisions(server)) == 240
         for log in (first_log, server.log()):
             assert "fatal" not in log and "warning" not in log and "Traceback" not in log
+
+
+# --- triplet mode -----------------------------------------------------------------
+
+
+class Session:
+    """A stand-in for the proxy's session: the envelope so far and a log."""
+
+    def __init__(self, mail_from=None, rcpts=()):
+        self.mail_from = mail_from
+        self.rcpts = list(rcpts)
+        self.logged = []
+
+    def log(self, verdict, fields=()):
+        self.logged.append((verdict, dict(fields)))
+
+
+class Clock:
+    """An injected clock the test moves by hand."""
+
+    def __init__(self, now=T0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class TestSender:
+    """Tests for `greylist.sender_of` and `greylist.triplet_key`."""
+
+    @pytest.mark.parametrize(
+        "address, normal",
+        [
+            (b"Alice@Example.ORG", b"alice@example.org"),
+            (b"alice+news@example.org", b"alice@example.org"),
+            (b"+alice@example.org", b"+alice@example.org"),
+            (b"prvs=1234abcdef=alice@example.org", b"alice@example.org"),
+            (b"msprvs1=17ab=bounces-a@example.org", b"bounces-a@example.org"),
+            (b"list-return-123-bob=example.net@lists.example.org",
+             b"list-return-#-bob=example.net@lists.example.org"),
+            (b"bounce-4711-0815@esp.example", b"bounce-#-#@esp.example"),
+            (b"postmaster", b"postmaster"),
+            (b"", b""),
+        ],
+    )
+    def test_sender_of(self, address, normal):
+        """Tags that change per message are taken out of the sender."""
+        assert greylist.sender_of(address) == normal
+
+    def test_triplet_key(self):
+        """The key is network, sender and folded recipient, space separated."""
+        key = greylist.triplet_key("192.0.2.0/24", b"prvs=99=A@x.example", b"Bob@Y.example")
+        assert key == "192.0.2.0/24 a@x.example bob@y.example"
+
+
+class TestTriplets:
+    """Tests for the `greylist.Triplets` proxy filter."""
+
+    def make(self, tmp_path, **changes):
+        clock = Clock()
+        s = DirStore(str(tmp_path), Timers())
+        return greylist.Triplets(config(triplet=True, **changes), s, "192.0.2.0/24", clock), clock
+
+    def test_rcpt_deferred_then_passed(self, tmp_path):
+        """Each new triplet is deferred at RCPT and passes after the delay."""
+        f, clock = self.make(tmp_path)
+        session = Session(b"a@example.org")
+        reply = f.command(session, b"rcpt", b"RCPT TO:<b@example.net>")
+        assert reply == b"451 greylisted, try again in 300 seconds (#4.7.1)\r\n"
+        clock.now += 299
+        assert f.command(session, b"rcpt", b"RCPT TO:<b@example.net>").startswith(b"451 ")
+        clock.now += 1
+        assert f.command(session, b"rcpt", b"RCPT TO:<b@example.net>") is None
+        assert [v for v, _ in session.logged][2] == "pass"
+        assert session.logged[0][1]["key"] == "192.0.2.0/24 a@example.org b@example.net"
+
+    def test_proven_triplet_passes_network(self, tmp_path):
+        """Once one triplet passed, the network passes whole at connection time."""
+        f, clock = self.make(tmp_path)
+        session = Session(b"a@example.org")
+        f.command(session, b"rcpt", b"RCPT TO:<b@example.net>")
+        clock.now += 300
+        f.command(session, b"rcpt", b"RCPT TO:<b@example.net>")
+        verdict = greylist.decide(client("192.0.2.9"), {}, config(triplet=True), f.store, clock.now + 5)
+        assert verdict == core.Verdict("pass", why=(("key", "192.0.2.0/24"), ("state", "known")))
+
+    def test_unproven_network_goes_to_proxy(self, tmp_path):
+        """A network that has not passed is handed to the filter, and nothing is written."""
+        verdict = greylist.decide(client(), {}, config(triplet=True), DirStore(str(tmp_path)), T0)
+        assert verdict == core.Verdict("proxy", why=(("key", "192.0.2.0/24"),))
+        assert os.listdir(str(tmp_path)) == []
+
+    def test_other_recipient_is_new(self, tmp_path):
+        """A different recipient is a different triplet."""
+        f, clock = self.make(tmp_path)
+        session = Session(b"a@example.org")
+        f.command(session, b"rcpt", b"RCPT TO:<b@example.net>")
+        clock.now += 10
+        assert f.command(session, b"rcpt", b"RCPT TO:<c@example.net>").startswith(
+            b"451 greylisted, try again in 300 ")
+
+    def test_verp_sender_same_triplet(self, tmp_path):
+        """The next message of a VERP list finds the triplet of the first."""
+        f, clock = self.make(tmp_path)
+        f.command(Session(b"list-return-1-b=example.net@l.example"), b"rcpt", b"RCPT TO:<b@example.net>")
+        clock.now += 400
+        assert f.command(Session(b"list-return-2-b=example.net@l.example"), b"rcpt",
+                         b"RCPT TO:<b@example.net>") is None
+
+    @pytest.mark.parametrize(
+        "verb, line, mail_from",
+        [
+            (b"rcpt", b"RCPT TO:<b@example.net>", None),
+            (b"rcpt", b"RCPT TO:<b@example.net>", b""),
+            (b"mail", b"MAIL FROM:<a@example.org>", None),
+            (b"helo", b"HELO x", None),
+            (b"data", b"DATA", b"a@example.org"),
+        ],
+    )
+    def test_commands_left_alone(self, tmp_path, verb, line, mail_from):
+        """Only RCPT with a sender, and DATA of a bounce, are judged."""
+        f, _ = self.make(tmp_path)
+        session = Session(mail_from, [b"b@example.net"])
+        assert f.command(session, verb, line) is None
+        assert session.logged == []
+
+    def test_bounce_deferred_at_data(self, tmp_path):
+        """A bounce is judged at DATA for all recipients; the longest wait is said."""
+        f, clock = self.make(tmp_path)
+        f.command(Session(b""), b"data", b"DATA")  # no recipients: nothing to judge
+        session = Session(b"", [b"b@example.net"])
+        f.command(session, b"data", b"DATA")
+        clock.now += 100
+        session = Session(b"", [b"b@example.net", b"c@example.net"])
+        assert f.command(session, b"data", b"DATA") == (
+            b"451 greylisted, try again in 300 seconds (#4.7.1)\r\n")
+        clock.now += 200
+        assert f.command(session, b"data", b"DATA") == (
+            b"451 greylisted, try again in 100 seconds (#4.7.1)\r\n")
+        clock.now += 100
+        assert f.command(session, b"data", b"DATA") is None
+
+    def test_learn_mode(self, tmp_path):
+        """In learn mode a new triplet is recorded and passed."""
+        f, _ = self.make(tmp_path, learn=True)
+        session = Session(b"a@example.org")
+        assert f.command(session, b"rcpt", b"RCPT TO:<b@example.net>") is None
+        assert session.logged[0] == ("pass", {
+            "key": "192.0.2.0/24 a@example.org b@example.net", "state": "new",
+            "learn": "defer", "left": 300})
+
+    @pytest.mark.parametrize("fail_closed, reply", [(False, None), (True, b"451 temporary")])
+    def test_store_failure(self, fail_closed, reply):
+        """A broken store passes the recipient, or defers it with -f."""
+        f = greylist.Triplets(config(fail_closed=fail_closed), FailingStore(), "192.0.2.0/24")
+        got = f.command(Session(b"a@example.org"), b"rcpt", b"RCPT TO:<b@example.net>")
+        assert (got if got is None else got[:13]) == reply
+
+
+@pytest.mark.e2e
+class TestTripletEndToEnd:
+    """Triplet mode through the real proxy under tcpserver."""
+
+    def test_defer_retry_and_network_pass(self, tmp_path, tcpserver):
+        """A new triplet is deferred at RCPT, its retry delivered, then the network passes."""
+        store, mail = tmp_path / "state", tmp_path / "mail"
+        store.mkdir()
+        mail.mkdir()
+        server = tcpserver(["greylist", "-T", "-m", "2", str(store)] + sink_cmd(mail))
+        assert send(server, "127.0.1.2") == (451, b"greylisted, try again in 2 seconds (#4.7.1)")
+        assert send(server, "127.0.1.2", sender="other@example.org")[0] == 451
+        time.sleep(2.5)
+        assert send(server, "127.0.1.3") is None
+        assert send(server, "127.0.1.4", sender="other@example.org") is None
+        assert len(read_maildir(mail)) == 2
+        log = server.log()
+        assert 'key="127.0.1.0/24 a@example.org b@example.net" state=pass' in log
+        assert "greylist: 127.0.1.4 pid" in log and "key=127.0.1.0/24 state=known" in log
+        assert "Traceback" not in log and "fatal" not in log

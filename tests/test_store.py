@@ -60,6 +60,12 @@ class TestTimers:
         assert s.check("k", T0 + 120) == State("wait", T0, left=DELAY - 120)
         assert s.check("k", T0 + 200) == State("wait", T0, left=DELAY - 200)
 
+    def test_first_sight_after_ours(self, tmp_path):
+        """A first sight a moment after our clock never makes the wait longer than the delay."""
+        s = make(tmp_path)
+        s.check("k", T0 + 2)
+        assert s.check("k", T0) == State("wait", T0 + 2, left=DELAY)
+
     def test_new_reports_delay(self, tmp_path):
         """A new key waits the whole delay."""
         assert make(tmp_path).check("k", T0) == State("new", T0, left=DELAY)
@@ -194,6 +200,7 @@ class TestNames:
             ("a b%c", "a%20b%25c"),
             (".hidden", "%2Ehidden"),
             ("..", "%2E."),
+            ("=x", "%3Dx"),
             ("\u00e9", "%C3%A9"),
         ],
     )
