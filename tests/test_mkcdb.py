@@ -149,6 +149,7 @@ class TestTcprulesParity:
             assert subprocess.run(argv, input=b"", capture_output=True).returncode == 111
 
 
+@pytest.mark.e2e
 class TestTcpserver:
     """tcpserver -x reads what qtools-mkcdb wrote."""
 
