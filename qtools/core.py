@@ -388,13 +388,13 @@ def exec_program(prog, argv, environ):
             pass
     # Python ignores SIGPIPE, and an ignored signal stays ignored across
     # execve: give the next program the default back.
-    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    previous = _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
     try:
         os.execvpe(argv[0], argv, environ)
-    except OSError as error:
-        raise Die(TEMP_EXIT, "unable to run %s: %s" % (argv[0], strerror(error)))
-    except ValueError as error:
-        raise Die(TEMP_EXIT, "unable to run %s: %s" % (argv[0], error))
+    except (OSError, ValueError) as error:
+        _signal.signal(_signal.SIGPIPE, previous)  # still us: EPIPE, not death
+        text = strerror(error) if isinstance(error, OSError) else str(error)
+        raise Die(TEMP_EXIT, "unable to run %s: %s" % (argv[0], text))
 
 
 def main_of(prog, usage):

@@ -1,0 +1,246 @@
+# SPDX-License-Identifier: ISC
+"""Tests for `qtools.core`."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qtools import core
+
+
+class TestGetopt:
+    """Tests for `getopt`."""
+
+    @pytest.mark.parametrize(
+        ("argv", "options", "rest"),
+        [
+            (["prog"], [], ["prog"]),
+            (["-b", "prog", "-b"], [("b", None)], ["prog", "-b"]),
+            (["-bC", "-r", "x", "-ry", "p"], [("b", None), ("C", None), ("r", "x"), ("r", "y")], ["p"]),
+            (["--", "-b"], [], ["-b"]),
+            (["-", "p"], [], ["-", "p"]),
+            (["-t5", "p"], [("t", "5")], ["p"]),
+        ],
+    )
+    def test_split(self, argv, options, rest):
+        """Options stop at the first non-option or at "--"; the rest is the next program."""
+        assert core.getopt(argv, "bCr:t:") == (options, rest)
+
+    @pytest.mark.parametrize(("argv", "message"), [(["-z", "p"], "illegal option -- z"), (["-r"], "option requires an argument -- r")])
+    def test_errors(self, argv, message):
+        """An unknown option or a missing argument raises Usage."""
+        with pytest.raises(core.Usage, match=message):
+            core.getopt(argv, "r:")
+
+    def test_number(self):
+        """number() accepts a whole number in range and refuses anything else."""
+        assert core.number("demo", "t", "60") == 60
+        for bad in ("x", "-1", "", "1.5"):
+            with pytest.raises(core.Usage):
+                core.number("demo", "t", bad)
+        with pytest.raises(core.Usage):
+            core.number("demo", "t", "7", high=5)
+
+
+class TestOverride:
+    """Tests for `override`, the $RBLSMTPD pattern."""
+
+    @pytest.mark.parametrize(
+        ("environ", "expected"),
+        [
+            ({}, core.Override("check")),
+            ({"X": ""}, core.Override("skip")),
+            ({"X": "go away"}, core.Override("refuse", "go away")),
+            ({"X": "-go away"}, core.Override("refuse", "go away", permanent=True)),
+            ({"X": "-"}, core.Override("refuse", "", permanent=True)),
+        ],
+    )
+    def test_values(self, environ, expected):
+        """Unset checks, empty skips, text refuses 4xx, "-text" refuses 5xx."""
+        assert core.override(environ, "X") == expected
+
+    def test_from_override(self):
+        """A refusing override becomes a 451, or a 553 when permanent, with clean text."""
+        assert core.from_override(core.override({"X": "a\tb"}, "X")).reply == "451 a?b"
+        assert core.from_override(core.override({"X": "-no"}, "X")).reply == "553 no"
+
+
+class TestAddresses:
+    """Tests for the address helpers."""
+
+    @pytest.mark.parametrize(
+        ("text", "canonical"),
+        [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("::FFFF:192.0.2.7", "192.0.2.7"),
+            ("2001:DB8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("fe80::1%eth0", "fe80::1"),
+            ("::1", "::1"),
+        ],
+    )
+    def test_parse_ip(self, text, canonical):
+        """IPv4, IPv6 and v4-mapped addresses parse; v4-mapped becomes IPv4."""
+        family, packed = core.parse_ip(text)
+        assert core.format_ip(packed) == canonical
+
+    @pytest.mark.parametrize("text", ["", "1.2.3", "1.2.3.256", "x", "1.2.3.4.5", "2001:db8:::1", None])
+    def test_parse_ip_refuses(self, text):
+        """Anything that is not an address gives None."""
+        assert core.parse_ip(text) is None
+
+    @pytest.mark.parametrize(
+        ("text", "net"),
+        [
+            ("192.0.2.77", "192.0.2.0/24"),
+            ("::ffff:10.1.2.3", "10.1.2.0/24"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ],
+    )
+    def test_network(self, text, net):
+        """IPv4 groups by /24 and IPv6 by /64 by default."""
+        assert core.network(core.parse_ip(text)[1]) == net
+
+    def test_network_of_edges(self):
+        """Prefix lengths 0 and full width work."""
+        packed = core.parse_ip("192.0.2.77")[1]
+        assert core.network_of(packed, 0) == "0.0.0.0/0"
+        assert core.network_of(packed, 32) == "192.0.2.77/32"
+
+    def test_reverse_ip(self):
+        """IPv4 reverses octets; IPv6 gives 32 nibbles lowest first."""
+        assert core.reverse_ip(core.parse_ip("127.0.0.2")[1]) == "2.0.0.127"
+        expected = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2"
+        assert core.reverse_ip(core.parse_ip("2001:db8::1")[1]) == expected
+
+
+class TestClient:
+    """Tests for `client`."""
+
+    def test_reads_tcpserver_environment(self):
+        """The client comes from TCPREMOTEIP/HOST/INFO, TCPLOCALIP and RELAYCLIENT."""
+        c = core.client(
+            {
+                "TCPREMOTEIP": "::ffff:192.0.2.7",
+                "TCPREMOTEHOST": "MX.Example.COM",
+                "TCPREMOTEINFO": "joe",
+                "TCPLOCALIP": "192.0.2.1",
+                "RELAYCLIENT": "",
+            }
+        )
+        assert (c.ip, c.host, c.info, c.local_ip, c.relay) == ("192.0.2.7", "mx.example.com", "joe", "192.0.2.1", True)
+
+    def test_tcp6remoteip(self):
+        """TCP6REMOTEIP is used when TCPREMOTEIP is missing."""
+        assert core.client({"TCP6REMOTEIP": "2001:db8::5"}).ip == "2001:db8::5"
+
+    @pytest.mark.parametrize(("environ", "message"), [({}, "TCPREMOTEIP not set"), ({"TCPREMOTEIP": "bogus\n"}, "invalid $TCPREMOTEIP: bogus?")])
+    def test_missing_or_invalid_is_permanent(self, environ, message):
+        """No usable client address is a misconfiguration: exit 100."""
+        with pytest.raises(core.Die) as caught:
+            core.client(environ)
+        assert (caught.value.code, caught.value.message) == (100, message)
+
+
+class TestReplies:
+    """Tests for `clean` and the decision log line."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("plain text", "plain text"),
+            ("a\tb\r\nc\xe9", "a?b??c?"),
+            ("x" * 250, "x" * 200),
+        ],
+    )
+    def test_clean(self, text, expected):
+        """Outside text is cut to 200 characters of printable ASCII."""
+        assert core.clean(text) == expected
+
+    def test_log_line(self):
+        """The head is rblsmtpd's; fields are key=value, quoted when needed."""
+        line = core.log_line("rblcheck", "192.0.2.7", "451 listed", [("list", "bl.example"), ("text", 'say "hi"'), ("n", 3)])
+        assert line == 'rblcheck: 192.0.2.7 pid %d: 451 listed list=bl.example text="say \\"hi\\"" n=3' % os.getpid()
+
+    def test_marks(self):
+        """Marks accumulate in $QTOOLS_SUSPECT, space separated."""
+        environ = {}
+        core.mark(environ, "rhostcheck:nordns")
+        core.mark(environ, "rblcheck:bl.example")
+        assert environ["QTOOLS_SUSPECT"] == "rhostcheck:nordns rblcheck:bl.example"
+        assert core.marks(environ) == ["rhostcheck:nordns", "rblcheck:bl.example"]
+
+
+def demo_main():
+    @core.main_of("demo", "demo [ -x ] prog...")
+    def main(argv, environ):
+        options, rest = core.getopt(argv, "xd:")
+        if not rest:
+            raise core.Usage("")
+        for letter, value in options:
+            if letter == "d":
+                raise core.Die(111, "unable to do %s" % value)
+            if letter == "x":
+                raise RuntimeError("boom")
+        return core.chain("demo", rest, environ)
+
+    return main
+
+
+class TestMain:
+    """Tests for `main_of` and the exit codes."""
+
+    def test_usage_exits_100(self, capfd):
+        """A missing program or a bad option prints the usage line and exits 100."""
+        main = demo_main()
+        assert main([], {}) == 100
+        assert main(["-z", "p"], {}) == 100
+        err = capfd.readouterr().err
+        assert err == "demo: usage: demo [ -x ] prog...\ndemo: illegal option -- z\ndemo: usage: demo [ -x ] prog...\n"
+
+    def test_die_prints_fatal(self, capfd):
+        """Die prints "prog: fatal: ..." and exits with its code."""
+        assert demo_main()(["-d", "it", "p"], {}) == 111
+        assert capfd.readouterr().err == "demo: fatal: unable to do it\n"
+
+    def test_internal_error_is_111_without_traceback(self, capfd):
+        """An unexpected exception is one fatal line and 111, never a traceback."""
+        assert demo_main()(["-x", "p"], {}) == 111
+        captured = capfd.readouterr()
+        assert captured.err == "demo: fatal: internal error: RuntimeError: boom\n"
+        assert captured.out == ""
+
+    def test_unrunnable_program_exits_111(self, capfd):
+        """A next program that cannot be run exits 111 with a clear message."""
+        assert demo_main()(["/nonexistent/qmail-smtpd"], {"PATH": "/bin"}) == 111
+        assert capfd.readouterr().err == "demo: fatal: unable to run /nonexistent/qmail-smtpd: no such file or directory\n"
+
+
+CHAIN = """
+import sys
+from qtools import core
+@core.main_of("demo", "demo prog...")
+def main(argv, environ):
+    environ["SEEN"] = "yes"
+    return core.chain("demo", argv, environ)
+sys.exit(main())
+"""
+
+
+def test_exec_hands_on_environment_stdin_and_default_sigpipe():
+    """The next program gets the environment, untouched stdin and SIGPIPE at its default."""
+    script = "read line; echo \"$SEEN $line\"; grep SigIgn /proc/self/status"
+    done = subprocess.run(
+        [sys.executable, "-c", CHAIN, "sh", "-c", script],
+        input=b"EHLO first bytes\r\n",
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=20,
+    )
+    lines = done.stdout.decode().split("\n")
+    assert lines[0] == "yes EHLO first bytes\r"
+    ignored = int(lines[1].split()[1], 16)
+    assert not ignored & (1 << 12)  # SIGPIPE is signal 13
