@@ -99,7 +99,8 @@ def stale_pairs(args):
         try:
             names = sorted(os.listdir(args[0]))
         except OSError as error:
-            raise core.Die(core.TEMP_EXIT, "unable to list %s: %s" % (args[0], core.strerror(error)))
+            why = core.strerror(error)
+            raise core.Die(core.TEMP_EXIT, "unable to list %s: %s" % (args[0], why))
         paths = [os.path.join(args[0], n) for n in names if not n.startswith(".")]
         return [
             (p, p + ".cdb")
@@ -119,7 +120,8 @@ def stale(fmt, args, writer, verbose):
             try:
                 mtime = os.stat(text).st_mtime_ns
             except OSError as error:
-                raise core.Die(core.TEMP_EXIT, "unable to read %s: %s" % (text, core.strerror(error)))
+                why = core.strerror(error)
+                raise core.Die(core.TEMP_EXIT, "unable to read %s: %s" % (text, why))
             try:
                 # a build stamps the text's mtime on the cdb: any change of
                 # the text, even to an older file, shows as a difference

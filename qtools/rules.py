@@ -195,7 +195,8 @@ def network_key(entry):
         raise ValueError("invalid prefix length /%s" % _text(length))
     key = network_of(packed, bits)
     if key.split("/")[0] != format_ip(packed):
-        raise ValueError("%s has bits set beyond /%d: the network is %s" % (_text(entry), bits, key))
+        what = (_text(entry), bits, key)
+        raise ValueError("%s has bits set beyond /%d: the network is %s" % what)
     return key.encode("ascii"), bits, b"\0bits4" if width == 32 else b"\0bits6"
 
 
