@@ -241,8 +241,10 @@ class Engine:
         elif verb == b"rset":
             session.reset()
         self._forward(Entry(verb, line), raw)
-        if verb == b"data":
-            self.blocked = True  # what follows is data only if the backend says 354
+        if verb in (b"data", b"quit"):
+            # After DATA, what follows is data only if the backend says
+            # 354; after QUIT, nothing follows unless the backend stays.
+            self.blocked = True
 
     def _starttls(self, line):
         if not self.tls_available or self.session.tls:
@@ -250,13 +252,15 @@ class Engine:
         elif line.strip().lower() != b"starttls":
             self._local(b"starttls", TLS_SYNTAX)
         else:
-            entry = self._local(b"starttls", TLS_READY)
-            entry.starttls = True
             self.blocked = True
             del self.cin[:]  # CVE-2011-0411: nothing sent before TLS counts
+            self._local(b"starttls", TLS_READY, starttls=True)
 
-    def _local(self, verb, reply):
+    def _local(self, verb, reply, starttls=False):
         entry = Entry(verb, reply=reply)
+        entry.starttls = starttls
+        if entry.close:
+            self.blocked = True  # nothing after a goodbye is read
         self.queue.append(entry)
         self._release()
         return entry
@@ -361,6 +365,8 @@ class Engine:
             self.held = entry.ready_at
         entry.reply = b"".join(lines)
         entry.close = code == b"421"
+        if verb == b"quit" and code != b"221":
+            self.blocked = False
         if verb == b"data":
             self.blocked = False
             if code == b"354":
@@ -521,6 +527,8 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
             engine.tls_started()
         if not out and engine.finished():
             return engine.why or "eof"
+        if client_eof and not out and engine.drained() and not engine.owes():
+            return "eof"  # the client left and is owed nothing: do not wait for the backend
         if engine.client_eof and engine.drained() and not shut:
             shut = True
             try:
@@ -542,7 +550,7 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
         due = engine.deadline()
         if due is not None:
             limits.append(due - now)
-        if idle and not engine.owes():
+        if idle and (client_eof or not engine.owes()):
             limits.append(last + idle - now)
         if total:
             limits.append(start + total - now)
@@ -593,7 +601,7 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
         engine.tick()
         now = clock()
         if (total and now - start >= total) or (
-            idle and not engine.owes() and now - last >= idle
+            idle and (client_eof or not engine.owes()) and now - last >= idle
         ):
             engine.abort(TIMEOUT, "timeout")
 

@@ -1,0 +1,656 @@
+# SPDX-License-Identifier: ISC
+"""Tests for `qtools.proxy`, the SMTP proxy engine."""
+
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import VENV_BIN, base_env, read_maildir, run_prog, sink_cmd
+from helpers_proxy import FakeQmail, converse
+from qtools import core, proxy
+
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers_proxy.py")
+CLIENT = core.Client("192.0.2.7", bytes([192, 0, 2, 7]))
+
+
+class Recorder(proxy.Filter):
+    """A filter that notes the commands it passes and refuses RCPTs containing "bad"."""
+
+    def __init__(self):
+        self.passed = []
+        self.replies = []
+
+    def command(self, session, verb, line):
+        if verb == b"rcpt" and b"bad" in line:
+            return b"553 sorry, bad (#5.7.1)\r\n"
+        self.passed.append(line)
+        return None
+
+    def reply(self, session, verb, lines):
+        self.replies.append((verb, b"".join(lines)))
+        return None
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def make(filters=None, tls=False, clock=None, logs=None, max_line=proxy.MAX_LINE):
+    """Return (engine, session) with a Recorder unless filters are given."""
+    record = (lambda *a: logs.append(a)) if logs is not None else (lambda *a: None)
+    session = proxy.Session(CLIENT, {}, logger=record)
+    if filters is None:
+        filters = [("test", Recorder())]
+    engine = proxy.Engine(filters, session, tls=tls, max_line=max_line,
+                          clock=clock or time.monotonic)
+    return engine, session
+
+
+def replies(data):
+    """Split client output into reply codes, one per final reply line."""
+    return [line[:3] for line in data.split(b"\r\n") if line[3:4] == b" " or len(line) == 3]
+
+
+class TestFraming:
+    """The engine splits and forwards bytes exactly as qmail-smtpd reads them."""
+
+    def test_pipelined_transaction(self):
+        """MAIL, RCPT, RCPT, DATA in one write get their replies in order and the message goes through."""
+        engine, _ = make()
+        backend = FakeQmail()
+        got = converse(engine, backend, [
+            b"EHLO a\r\n",
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nDATA\r\n",
+            b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+        ])
+        assert replies(got) == [b"220", b"250", b"250", b"250", b"250", b"354", b"250", b"221"]
+        assert backend.messages == [b"Subject: x\r\n\r\nbody\r\n.\r\n"]
+
+    def test_rejected_rcpt_mid_pipeline(self):
+        """A filter's refusal waits behind the backend's outstanding replies and is never forwarded."""
+        engine, _ = make()
+        backend = FakeQmail()
+        engine.server_data(backend.greeting)
+        engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<bad@d>\r\nRCPT TO:<e@f>\r\n")
+        assert bytes(engine.to_client) == b"220 fake.local ESMTP\r\n"
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\nRCPT TO:<e@f>\r\n"
+        engine.server_data(b"250 ok\r\n")
+        assert bytes(engine.to_client).endswith(b"250 ok\r\n553 sorry, bad (#5.7.1)\r\n")
+        engine.server_data(b"250 ok\r\n")
+        assert bytes(engine.to_client).endswith(b"553 sorry, bad (#5.7.1)\r\n250 ok\r\n")
+
+    def test_local_reply_waits_for_greeting(self):
+        """A refusal made before the backend greets is sent after the greeting."""
+        engine, _ = make()
+        engine.client_data(b"RCPT TO:<bad@x>\r\n")
+        assert engine.to_client == b""
+        engine.server_data(b"220 hi\r\n")
+        assert bytes(engine.to_client) == b"220 hi\r\n553 sorry, bad (#5.7.1)\r\n"
+
+    @pytest.mark.parametrize(
+        "raw, line",
+        [
+            (b"NOOP\r\n", b"NOOP"),
+            (b"NOOP\n", b"NOOP"),
+            (b"NOOP\r\r\n", b"NOOP\r"),
+            (b"NOOP x\ry\r\n", b"NOOP x\ry"),
+        ],
+    )
+    def test_line_ends_at_lf(self, raw, line):
+        """A command ends at LF and only one CR is dropped; the raw bytes are forwarded unchanged."""
+        engine, _ = make()
+        recorder = engine.filters[0][1]
+        engine.client_data(raw)
+        assert recorder.passed == [line]
+        assert bytes(engine.to_server) == raw
+
+    def test_bare_lf_command_not_rewritten(self):
+        """Line endings are never rewritten, not even for a bare LF command."""
+        engine, _ = make()
+        backend = FakeQmail()
+        converse(engine, backend, [b"MAIL FROM:<a@b>\nRCPT TO:<c@d>\r\n"])
+        assert bytes(backend.raw) == b"MAIL FROM:<a@b>\nRCPT TO:<c@d>\r\n"
+
+    def test_data_mode_needs_354(self):
+        """After a DATA the backend refuses, the next lines are commands again."""
+        engine, _ = make()
+        backend = FakeQmail()
+        got = converse(engine, backend, [b"DATA\r\nNOOP\r\nQUIT\r\n"])
+        assert replies(got) == [b"220", b"503", b"250", b"221"]
+        assert backend.commands == [b"DATA", b"NOOP", b"QUIT"]
+
+    def test_input_after_data_waits_for_354(self):
+        """Bytes pipelined after DATA are held, not lost, and become the message on 354."""
+        engine, _ = make()
+        engine.server_data(b"220 hi\r\n")
+        engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n")
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
+        del engine.to_server[:]
+        engine.server_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        assert bytes(engine.to_server) == b"x\r\n.\r\n"
+
+    @pytest.mark.parametrize("body", [b"a\n.\nb\r\n.\r\n", b"a\n.\r\nb\r\n.\r\n", b"a\nb\r\n.\r\n"])
+    def test_bare_lf_in_data_refused(self, body):
+        """A bare LF in DATA gets qmail-smtpd's 451 and closes; the backend never sees it."""
+        logs = []
+        engine, _ = make(logs=logs)
+        backend = FakeQmail()
+        got = converse(engine, backend, [b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", body])
+        assert got.endswith(proxy.BARE_LF)
+        assert engine.closing and engine.why == "barelf"
+        assert b"\n.\n" not in bytes(backend.raw) and backend.messages == []
+        assert logs[-1][2:] == ("refuse", (("code", 451), ("why", "barelf")))
+
+    def test_lone_cr_and_dot_lines_are_data(self):
+        """A lone CR, a dot-stuffed line and CR LF . CR CR LF stay inside the message."""
+        engine, _ = make()
+        backend = FakeQmail()
+        body = b"a\rb\r\n..x\r\n.\r\r\nc\r\n.\r\n"
+        got = converse(engine, backend, [b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", body])
+        assert replies(got)[-1] == b"250"
+        assert backend.messages == [body]
+
+    def test_end_of_data_split_everywhere(self):
+        """The end of data is found whichever way the chunks cut CR LF . CR LF."""
+        body = b"line one\r\n.\r\nQUIT\r\n"
+        for cut in range(1, len(body)):
+            engine, _ = make()
+            backend = FakeQmail()
+            got = converse(engine, backend, [
+                b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", body[:cut], body[cut:],
+            ])
+            assert replies(got) == [b"220", b"250", b"250", b"354", b"250", b"221"], cut
+
+    def test_dot_at_start_of_data_ends_it(self):
+        """An empty message (a dot right after 354) ends DATA, as in qmail-smtpd."""
+        engine, _ = make()
+        backend = FakeQmail()
+        got = converse(engine, backend, [b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", b".\r\nNOOP\r\n"])
+        assert replies(got) == [b"220", b"250", b"250", b"354", b"250", b"250"]
+
+    def test_long_line_refused_whole(self):
+        """A 1 MB command line gets one 500 and is never split into commands."""
+        logs = []
+        engine, _ = make(logs=logs)
+        backend = FakeQmail()
+        long = b"RCPT TO:<" + b"x" * (1 << 20) + b"\r\nRSET\r\nNOOP\r\n"
+        chunks = [long[i : i + 65536] for i in range(0, len(long), 65536)]
+        got = converse(engine, backend, [b"MAIL FROM:<a@b>\r\n"] + chunks)
+        assert replies(got) == [b"220", b"250", b"500", b"250", b"250"]
+        assert backend.commands == [b"MAIL FROM:<a@b>", b"RSET", b"NOOP"]
+        assert len(engine.cin) < 2 * proxy.MAX_LINE
+        assert ("refuse", (("code", 500), ("why", "toolong"))) in [a[2:] for a in logs]
+
+    def test_line_at_limit_passes(self):
+        """A line of exactly max_line bytes before its LF still passes."""
+        engine, _ = make(max_line=20)
+        engine.client_data(b"NOOP " + b"x" * 14 + b"\r\n")
+        assert len(engine.to_server) == 21
+        engine.client_data(b"NOOP " + b"x" * 15 + b"\r\n")
+        assert len(engine.to_server) == 21 and engine.queue[-1].reply == proxy.TOO_LONG
+
+    def test_bdat_not_forwarded(self):
+        """BDAT is answered 502 by the proxy, so no backend enters chunk mode."""
+        engine, _ = make()
+        backend = FakeQmail()
+        got = converse(engine, backend, [b"BDAT 5 LAST\r\n"])
+        assert got.endswith(proxy.UNIMPLEMENTED) and backend.commands == []
+
+    def test_client_eof_mid_data(self):
+        """A client that leaves mid-DATA leaves no message; its bytes so far reached the backend."""
+        engine, _ = make()
+        backend = FakeQmail()
+        converse(engine, backend, [b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n", b"partial"])
+        engine.client_data(b"")
+        assert engine.client_eof and engine.drained()
+        assert backend.messages == [] and bytes(backend.raw).endswith(b"partial")
+
+
+class TestReplies:
+    """Backend replies: EHLO editing, 421, holds, session tracking."""
+
+    EHLO_REPLY = b"250-fake.local\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+
+    def test_ehlo_hides_chunking_and_starttls(self):
+        """Without a certificate, EHLO offers neither CHUNKING nor STARTTLS."""
+        engine, _ = make()
+        got = converse(engine, FakeQmail(), [b"EHLO a\r\n"])
+        assert got.endswith(b"250-fake.local\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+
+    def test_ehlo_offers_own_starttls(self):
+        """With a certificate the proxy offers STARTTLS itself."""
+        engine, _ = make(tls=True)
+        got = converse(engine, FakeQmail(), [b"EHLO a\r\n"])
+        assert got.endswith(b"250-fake.local\r\n250-STARTTLS\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+
+    @pytest.mark.parametrize(
+        "lines, offer, expected",
+        [
+            ([b"250 x\r\n"], True, [b"250-x\r\n", b"250 STARTTLS\r\n"]),
+            ([b"250-x\r\n", b"250 CHUNKING\r\n"], False, [b"250 x\r\n"]),
+            ([b"250-x\n", b"250 starttls\n"], False, [b"250 x\n"]),
+            ([b"250-x\r\n", b"250-SIZE 1000\r\n", b"250 STARTTLS\r\n"], False,
+             [b"250-x\r\n", b"250 SIZE 1000\r\n"]),
+        ],
+    )
+    def test_edit_ehlo(self, lines, offer, expected):
+        """edit_ehlo keeps the continuation marks right after removing or adding lines."""
+        assert proxy.edit_ehlo(lines, offer) == expected
+
+    def test_backend_421_closes(self):
+        """A 421 from the backend is passed on and closes the connection."""
+        engine, _ = make()
+        backend = FakeQmail(answers={b"mail": b"421 out of memory (#4.3.0)\r\n"})
+        got = converse(engine, backend, [b"MAIL FROM:<a@b>\r\nNOOP\r\n"])
+        assert got.endswith(b"421 out of memory (#4.3.0)\r\n") and engine.closing
+
+    def test_filter_421_closes_after_earlier_replies(self):
+        """A filter's 421 is sent after the replies owed before it, then the connection closes."""
+        class Limit(proxy.Filter):
+            def command(self, session, verb, line):
+                return b"421 go away (#4.3.0)\r\n" if verb == b"rcpt" else None
+
+        engine, _ = make([("limit", Limit())])
+        engine.server_data(b"220 hi\r\n")
+        engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nNOOP\r\n")
+        assert not engine.closing
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\n"
+        engine.server_data(b"250 ok\r\n")
+        assert bytes(engine.to_client) == b"220 hi\r\n250 ok\r\n421 go away (#4.3.0)\r\n"
+        assert engine.closing and engine.why == "421"
+
+    def test_hold_delays_in_turn(self):
+        """A held reply and the replies behind it wait; two holds add up."""
+        class Slow(proxy.Filter):
+            def reply(self, session, verb, lines):
+                if verb == b"rcpt":
+                    session.hold(5)
+
+        clock = Clock()
+        engine, _ = make([("slow", Slow())], clock=clock)
+        engine.server_data(b"220 hi\r\n")
+        engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nNOOP\r\n")
+        engine.server_data(b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n")
+        assert replies(bytes(engine.to_client)) == [b"220", b"250"]
+        assert engine.deadline() == 105.0
+        clock.now = 105.0
+        engine.tick()
+        assert replies(bytes(engine.to_client)) == [b"220", b"250", b"250"]
+        assert engine.deadline() == 110.0
+        clock.now = 110.0
+        engine.tick()
+        assert replies(bytes(engine.to_client)) == [b"220", b"250", b"250", b"250", b"250"]
+
+    def test_session_tracking(self):
+        """The session knows the helo, the sender and the recipients the backend accepted."""
+        backend = FakeQmail(answers={b"rcpt": b"550 no\r\n"})
+        engine, session = make()
+        converse(engine, backend, [b"HELO box\r\nMAIL FROM:<A@B>\r\nRCPT TO:<c@d>\r\n"])
+        assert (session.helo, session.mail_from, session.rcpts) == (b"box", b"A@B", [])
+        engine, session = make()
+        converse(engine, FakeQmail(), [b"MAIL FROM:<> SIZE=10\r\nRCPT TO:<@r:c@d>\r\n"])
+        assert (session.mail_from, session.rcpts) == (b"", [b"c@d"])
+        converse(engine, FakeQmail(), [b"RSET\r\n"])
+        assert (session.mail_from, session.rcpts) == (None, [])
+
+    def test_refused_mail_clears_sender(self):
+        """A MAIL the backend refuses leaves no sender in the session."""
+        backend = FakeQmail(answers={b"mail": b"553 no (#5.7.1)\r\n"})
+        engine, session = make()
+        converse(engine, backend, [b"MAIL FROM:<a@b>\r\n"])
+        assert session.mail_from is None
+
+    def test_filters_stack_in_chain_order(self):
+        """Commands meet the filters in chain order, replies in reverse order."""
+        seen = []
+
+        class Note(proxy.Filter):
+            def __init__(self, name):
+                self.name = name
+
+            def command(self, session, verb, line):
+                seen.append((self.name, session.prog, "command"))
+
+            def reply(self, session, verb, lines):
+                if verb:
+                    seen.append((self.name, session.prog, "reply"))
+
+        engine, _ = make([("one", Note(1)), ("two", Note(2))])
+        converse(engine, FakeQmail(), [b"NOOP\r\n"])
+        assert seen == [(1, "one", "command"), (2, "two", "command"),
+                        (2, "two", "reply"), (1, "one", "reply")]
+
+    def test_broken_filter_fails_open(self, capfd):
+        """A filter that raises is logged and the command passes."""
+        class Broken(proxy.Filter):
+            def command(self, session, verb, line):
+                raise ValueError("oops")
+
+        engine, _ = make([("broken", Broken())])
+        got = converse(engine, FakeQmail(), [b"NOOP\r\n"])
+        assert replies(got) == [b"220", b"250"]
+        assert "broken: warning: filter failed: ValueError: oops" in capfd.readouterr().err
+
+    def test_backend_eof_keeps_answered_replies(self):
+        """When the backend leaves, replies it gave still go out and the session ends."""
+        engine, _ = make()
+        engine.server_data(b"220 hi\r\n")
+        engine.client_data(b"NOOP\r\nNOOP\r\n")
+        engine.server_data(b"250 ok\r\n")
+        engine.server_data(b"")
+        assert bytes(engine.to_client) == b"220 hi\r\n250 ok\r\n"
+        del engine.to_client[:]
+        assert engine.finished()
+
+
+class TestStarttls:
+    """STARTTLS: never a blind relay, never plaintext injection."""
+
+    def test_without_certificate(self):
+        """Without a certificate STARTTLS is answered 502 and never reaches the backend."""
+        engine, _ = make()
+        backend = FakeQmail()
+        got = converse(engine, backend, [b"STARTTLS\r\nNOOP\r\n"])
+        assert replies(got) == [b"220", b"502", b"250"]
+        assert backend.commands == [b"NOOP"]
+
+    def test_injected_plaintext_discarded(self):
+        """Commands sent in the same packet after STARTTLS are thrown away."""
+        engine, session = make(tls=True)
+        backend = FakeQmail()
+        got = converse(engine, backend, [b"EHLO a\r\nSTARTTLS\r\nMAIL FROM:<evil@x>\r\n"])
+        assert got.endswith(proxy.TLS_READY) and engine.tls_pending
+        engine.client_data(b"RCPT TO:<more@x>\r\n")
+        assert backend.commands == [b"EHLO a"] and engine.to_server == b""
+        engine.tls_started()
+        assert session.tls and session.helo is None
+        assert bytes(engine.to_server) == b"RSET\r\n"
+        engine.server_data(backend.feed(bytes(engine.to_server)))
+        assert engine.to_client == b"" and not engine.queue
+
+    def test_starttls_alone(self):
+        """STARTTLS with no reply outstanding starts TLS at once."""
+        engine, _ = make(tls=True)
+        engine.server_data(b"220 hi\r\n")
+        engine.client_data(b"STARTTLS\r\n")
+        assert bytes(engine.to_client).endswith(proxy.TLS_READY) and engine.tls_pending
+
+    def test_starttls_with_parameter(self):
+        """STARTTLS with a parameter gets 501 and no TLS."""
+        engine, _ = make(tls=True)
+        got = converse(engine, FakeQmail(), [b"STARTTLS now\r\n"])
+        assert got.endswith(proxy.TLS_SYNTAX) and not engine.tls_pending
+
+
+# --- random input: the engine and qmail-smtpd never disagree -----------------
+
+PIECES = st.sampled_from([
+    b"EHLO a\r\n", b"helo b\n", b"MAIL FROM:<a@b>\r\n", b"RCPT TO:<c@d>\r\n",
+    b"rcpt to:<bad@d>\r\n", b"DATA\r\n", b"data\n", b"RSET\r\n", b"NOOP\r\n",
+    b".\r\n", b"\r\n.\r\n", b"\n.\n", b"\n.\r\n", b"..x\r\n", b"\r", b"\n", b".",
+    b"x" * 3000, b"BDAT 3\r\n", b"QUIT\r\n", b"STARTTLS\r\n", b"text line\r\n",
+])
+STREAM = st.lists(st.one_of(PIECES, st.binary(max_size=40)), max_size=40).map(b"".join)
+
+
+def cut(data, points):
+    """Cut data at the given points into chunks."""
+    points = sorted({p % (len(data) + 1) for p in points})
+    return [data[a:b] for a, b in zip([0] + points, points + [len(data)]) if data[a:b]]
+
+
+class TestRandom:
+    """Property tests of the engine fed arbitrary bytes."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(STREAM, st.lists(st.integers(min_value=0), max_size=8), st.booleans())
+    def test_same_commands_as_qmail(self, data, points, tls):
+        """Whatever the bytes and chunks, the backend parses exactly the commands the filters passed."""
+        engine, _ = make(tls=tls)
+        recorder = engine.filters[0][1]
+        backend = FakeQmail()
+        got = converse(engine, backend, cut(data, points))
+        assert backend.commands == recorder.passed
+        assert all(re.match(rb"^[2-5][0-9][0-9][ -]", line) for line in got.split(b"\r\n")[:-1])
+
+    @settings(max_examples=200, deadline=None)
+    @given(STREAM, st.lists(st.integers(min_value=0), max_size=8))
+    def test_chunking_does_not_matter(self, data, points):
+        """Feeding the same bytes in other chunks gives the same replies and the same backend input."""
+        one, _ = make()
+        first = FakeQmail()
+        got_one = converse(one, first, [data])
+        two, _ = make()
+        second = FakeQmail()
+        got_two = converse(two, second, cut(data, points))
+        assert got_one == got_two
+        assert bytes(first.raw) == bytes(second.raw)
+
+
+# --- the real program, in a subprocess --------------------------------------
+
+
+def build_cdb(path, entries):
+    """Write a validrcptto-style cdb of entries (dict key -> value)."""
+    import cdblib
+
+    with open(path, "wb") as f:
+        writer = cdblib.Writer(f)
+        for key, value in entries.items():
+            writer.put(key, value)
+        writer.finalize()
+
+
+@pytest.fixture
+def vcdb(tmp_path):
+    path = tmp_path / "validrcptto.cdb"
+    build_cdb(str(path), {b"ok@example.com": b"", b"example.com": b""})
+    return str(path)
+
+
+def env_for(vcdb, **more):
+    env = {"TCPREMOTEIP": "192.0.2.7", "VALIDRCPTTO_CDB": vcdb}
+    env.update(more)
+    return env
+
+
+class TestProgram:
+    """The proxy started by validrcptto, with a scripted backend and the sink."""
+
+    def test_transcript_with_fake_backend(self, tmp_path, vcdb):
+        """The backend receives the client's bytes minus refused commands, line endings untouched."""
+        raw = tmp_path / "raw"
+        stdin = (b"EHLO a\r\nMAIL FROM:<a@b>\nRCPT TO:<no@example.com>\r\n"
+                 b"RCPT TO:<ok@example.com>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+        result = run_prog(["validrcptto", sys.executable, HELPER, str(raw)], env_for(vcdb), stdin)
+        assert result.rc == 0
+        assert replies(result.out) == [b"220", b"250", b"250", b"553", b"250", b"354", b"250", b"221"]
+        assert b"CHUNKING" not in result.out and b"STARTTLS" not in result.out
+        assert raw.read_bytes() == (b"EHLO a\r\nMAIL FROM:<a@b>\nRCPT TO:<ok@example.com>\r\n"
+                                    b"DATA\r\nhi\r\n.\r\nQUIT\r\n")
+        assert b"validrcptto: 192.0.2.7 pid x: end why=eof status=0\n" in result.err
+
+    def test_sink_pipelined(self, tmp_path, vcdb):
+        """The demo sink stores a pipelined message; the refused recipient is not in it."""
+        maildir = tmp_path / "mail"
+        maildir.mkdir()
+        stdin = (b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ok@example.com>\r\n"
+                 b"RCPT TO:<no@example.com>\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        result = run_prog(["validrcptto"] + sink_cmd(maildir), env_for(vcdb), stdin)
+        assert replies(result.out) == [b"220", b"250", b"250", b"250", b"553", b"354", b"250", b"221"]
+        (message,) = read_maildir(maildir)
+        assert b"X-Sink-To: <ok@example.com>" in message and b"no@example.com" not in message
+        assert message.endswith(b"Subject: s\r\n\r\nbody\r\n")
+
+    def test_sink_bare_lf_dot(self, tmp_path, vcdb):
+        """LF . LF inside DATA never ends the message at the sink: the proxy refuses it."""
+        maildir = tmp_path / "mail"
+        maildir.mkdir()
+        stdin = (b"MAIL FROM:<a@b>\r\nRCPT TO:<ok@example.com>\r\nDATA\r\nx\n.\n"
+                 b"MAIL FROM:<evil@x>\r\nRCPT TO:<ok@example.com>\r\nDATA\r\nsmuggled\r\n.\r\n")
+        result = run_prog(["validrcptto"] + sink_cmd(maildir), env_for(vcdb), stdin)
+        assert result.out.endswith(proxy.BARE_LF)
+        assert read_maildir(maildir) == []
+        assert b"refuse code=451 why=barelf" in result.err
+
+    def test_client_gone_mid_data(self, tmp_path, vcdb):
+        """A client that closes mid-DATA stores nothing and the proxy ends cleanly."""
+        maildir = tmp_path / "mail"
+        maildir.mkdir()
+        stdin = b"MAIL FROM:<a@b>\r\nRCPT TO:<ok@example.com>\r\nDATA\r\nhalf a mess"
+        result = run_prog(["validrcptto"] + sink_cmd(maildir), env_for(vcdb), stdin)
+        assert result.rc == 0 and read_maildir(maildir) == []
+        assert replies(result.out) == [b"220", b"250", b"250", b"354"]
+
+    def test_child_exit_status_reported(self, vcdb):
+        """The child's exit status is logged and becomes the exit code."""
+        result = run_prog(["validrcptto", "sh", "-c", "echo '220 x'; exit 3"], env_for(vcdb))
+        assert result.rc == 3
+        assert b"validrcptto: 192.0.2.7 pid x: end why=eof status=3\n" in result.err
+
+    def test_cannot_run_child(self, vcdb):
+        """A missing next program is a temporary failure."""
+        result = run_prog(["validrcptto", "/nonexistent/qmail-smtpd"], env_for(vcdb))
+        assert result.rc == 111
+        assert result.err == (b"validrcptto: fatal: unable to run /nonexistent/qmail-smtpd: "
+                              b"no such file or directory\n")
+
+    def test_child_never_outlives(self, tmp_path, vcdb):
+        """A child that ignores the end of its input is ended after the grace time."""
+        pidfile = tmp_path / "pid"
+        script = "echo $$ > %s; echo '220 x'; trap '' HUP; while :; do sleep 1; done" % pidfile
+        start = time.monotonic()
+        result = run_prog(["validrcptto", "sh", "-c", script], env_for(vcdb), b"", timeout=30)
+        assert time.monotonic() - start < 20
+        pid = int(pidfile.read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert b"end why=eof signal=15" in result.err
+
+    def test_silent_backend_after_client_left(self, vcdb):
+        """A backend that never answers a client who has left is cut off by the idle timeout."""
+        script = "echo '220 x'; exec sleep 60"
+        start = time.monotonic()
+        result = run_prog(["validrcptto", "sh", "-c", script],
+                          env_for(vcdb, QTOOLS_IDLE_TIMEOUT="1"), b"NOOP\r\n", timeout=40)
+        assert time.monotonic() - start < 30
+        assert result.out == b"220 x\n" + proxy.TIMEOUT
+        assert b"end why=timeout signal=15" in result.err
+
+    def test_idle_timeout(self, vcdb):
+        """An idle client gets 421 and the child is ended."""
+        env = env_for(vcdb, QTOOLS_IDLE_TIMEOUT="1")
+        argv = [os.path.join(VENV_BIN, "validrcptto"), sys.executable] + [HELPER, os.devnull]
+        process = subprocess.Popen(argv, env=base_env(env), stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        start = time.monotonic()
+        out = process.stdout.read()  # ends when the proxy closes, stdin still open
+        elapsed = time.monotonic() - start
+        process.stdin.close()
+        process.wait(30)
+        err = process.stderr.read()
+        assert out == b"220 fake.local ESMTP\r\n" + proxy.TIMEOUT
+        assert 0.5 < elapsed < 15
+        assert b"end why=timeout" in err
+
+    def test_invalid_timeout_variable(self, vcdb):
+        """A timeout that is not a number is a usage error."""
+        result = run_prog(["validrcptto", "true"], env_for(vcdb, QTOOLS_TOTAL_TIMEOUT="soon"))
+        assert result.rc == 100
+        assert result.err == b"validrcptto: fatal: invalid $QTOOLS_TOTAL_TIMEOUT: soon\n"
+
+
+# --- TLS ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate and key made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is not installed")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def read_reply(sock_file):
+    """Read one SMTP reply (all its lines) from a file-like object."""
+    lines = []
+    while True:
+        line = sock_file.readline()
+        lines.append(line)
+        if not line or line[3:4] != b"-":
+            return b"".join(lines)
+
+
+@pytest.mark.e2e
+class TestTls:
+    """The proxy terminates TLS itself and keeps filtering."""
+
+    def session(self, tcpserver, tmp_path, vcdb, env):
+        maildir = tmp_path / "mail"
+        maildir.mkdir()
+        server = tcpserver(["validrcptto"] + sink_cmd(maildir), env=env_for(vcdb, **env))
+        return server, maildir
+
+    def test_starttls_and_filtering(self, tcpserver, tmp_path, vcdb, certificate):
+        """After STARTTLS, injected plaintext is dropped and RCPTs are still checked."""
+        cert, key = certificate
+        server, maildir = self.session(tcpserver, tmp_path, vcdb,
+                                       {"QTOOLS_TLS_CERT": cert, "QTOOLS_TLS_KEY": key})
+        raw = socket.create_connection((server.host, server.port), timeout=30)
+        plain = raw.makefile("rb")
+        assert read_reply(plain).startswith(b"220 ")
+        raw.sendall(b"EHLO me\r\n")
+        ehlo = read_reply(plain)
+        assert b"250-STARTTLS\r\n" in ehlo and b"CHUNKING" not in ehlo
+        raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@x>\r\n")
+        assert read_reply(plain) == b"220 ready to start TLS\r\n"
+        context = ssl.create_default_context(cafile=cert)
+        tls = context.wrap_socket(raw, server_hostname="localhost")
+        secure = tls.makefile("rb")
+        tls.sendall(b"EHLO me\r\n")
+        ehlo = read_reply(secure)
+        assert ehlo.startswith(b"250") and b"STARTTLS" not in ehlo
+        tls.sendall(b"MAIL FROM:<a@b>\r\nRCPT TO:<no@example.com>\r\nRCPT TO:<ok@example.com>\r\n"
+                    b"DATA\r\n")
+        got = [read_reply(secure)[:3] for _ in range(4)]
+        assert got == [b"250", b"553", b"250", b"354"]
+        tls.sendall(b"secret\r\n.\r\nQUIT\r\n")
+        assert read_reply(secure)[:3] == b"250"
+        assert read_reply(secure)[:3] == b"221"
+        tls.close()
+        (message,) = read_maildir(maildir)
+        assert b"injected" not in message and message.endswith(b"secret\r\n")
+
+    def test_unreadable_certificate(self, tcpserver, tmp_path, vcdb):
+        """An unreadable certificate means no STARTTLS and a warning, not a refusal."""
+        server, _ = self.session(tcpserver, tmp_path, vcdb, {"QTOOLS_TLS_CERT": "/nonexistent.pem"})
+        smtp = __import__("smtplib").SMTP(server.host, server.port, timeout=30)
+        code, text = smtp.ehlo("me")
+        assert code == 250 and b"STARTTLS" not in text.upper()
+        smtp.quit()
+        deadline = time.monotonic() + 10
+        while "unable to load /nonexistent.pem" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "validrcptto: warning: unable to load /nonexistent.pem" in server.log()
