@@ -9,6 +9,8 @@ import subprocess
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import BASE_PATH, VENV_BIN, run_prog
 from qtools import cdb, netlist, rules
@@ -256,6 +258,15 @@ class TestParseAddresses:
     def test_problems(self, line, problem):
         """Each bad line is reported with what is wrong."""
         assert collect(rules.addresses, line) == ([], [(1, problem, True)])
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(st.text("aZ9.-_@#!~ \t\xe9", max_size=14), max_size=4))
+    def test_fast_path_agrees(self, texts):
+        """Bare-address lines (one regex match) give what the full parse of the line gives."""
+        lines = [t.encode("utf-8") for t in texts]
+        fast = collect(rules.addresses, b"\n".join(lines))
+        full = collect(rules.addresses, b"\n".join(b" " + line for line in lines))
+        assert fast == full
 
     def test_duplicates(self):
         """A repeated key is reported, not fatally, and the first line wins."""
