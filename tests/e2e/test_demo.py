@@ -1,0 +1,87 @@
+# SPDX-License-Identifier: ISC
+"""make demo end to end: the whole chain under tcpserver in front of the sink."""
+
+import os
+import signal
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO, VENV_BIN, free_port, read_maildir, smtp_from, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """Run examples/demo on free loopback ports with a 2-second greylist delay."""
+    port, dnsport = free_port(), free_port()
+    env = dict(
+        os.environ,
+        QTOOLS_DEMO_DIR=str(tmp_path / "demo"),
+        QTOOLS_DEMO_PORT=str(port),
+        QTOOLS_DEMO_DNSPORT=str(dnsport),
+        QTOOLS_DEMO_DELAY="2",
+        QTOOLS_BIN=VENV_BIN,
+    )
+    log = open(tmp_path / "demo.log", "wb")
+    process = subprocess.Popen(
+        ["sh", os.path.join(REPO, "examples", "demo")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 20)
+        time.sleep(0.5)  # rbldnsd loads its zone beside tcpserver
+        yield port, tmp_path / "demo" / "mail", tmp_path / "demo.log"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+        log.close()
+
+
+def send(port, source, rcpt):
+    """Send one message; return (code, text) of the first refusal, or (250, b"")."""
+    client = smtp_from("127.0.0.1", port, source)
+    try:
+        client.ehlo("client.example")
+        client.mail("sender@example.org")
+        code, text = client.rcpt(rcpt)
+        if code != 250:
+            return code, text
+        code, text = client.data(b"Subject: demo\r\n\r\nhello\r\n")
+        return (250, b"") if code == 250 else (code, text)
+    finally:
+        try:
+            client.quit()
+        except smtplib.SMTPException:
+            pass
+
+
+def test_demo_serves_the_whole_chain(demo):
+    """Greylisted first, accepted after the delay into the sink; bad recipient and listed IP refused."""
+    port, maildir, log = demo
+    code, text = send(port, "127.0.0.1", "joe@example.com")
+    assert (code, text) == (451, b"greylisted, try again in 2 seconds (#4.7.1)")
+    time.sleep(2.5)
+    assert send(port, "127.0.0.1", "joe@example.com") == (250, b"")
+    messages = read_maildir(maildir)
+    assert len(messages) == 1
+    assert b"X-Sink-To: <joe@example.com>" in messages[0]
+    assert b"\r\n\r\nhello\r\n" in messages[0]
+    code, text = send(port, "127.0.0.5", "nobody@example.com")
+    assert (code, text) == (553, b"sorry, this recipient is not in my validrcptto list (#5.7.1)")
+    code, text = send(port, "127.0.0.2", "joe@example.com")
+    assert (code, text) == (451, b"Listed by bl.qtools.test, see http://bl.qtools.test/?127.0.0.2")
+    code, text = send(port, "127.0.0.66", "joe@example.com")
+    assert code == 553
+    assert send(port, "127.0.0.10", "anyone@example.org") == (250, b"")
+    assert len(read_maildir(maildir)) == 2
+    logged = log.read_bytes().decode()
+    assert "greylist: 127.0.0.1 pid " in logged
+    assert "rblcheck: 127.0.0.2 pid " in logged
