@@ -122,7 +122,8 @@ def decide(client, sources, resolve, threshold=1, ov=None, allow=None, deny=None
     return core.Verdict("pass", why=why)
 
 
-def _open(path, prog):
+def open_cdb(path, prog):
+    """Return a cdb Reader for path, or None after a warning when it cannot be opened."""
     from qtools import cdb
 
     try:
@@ -158,7 +159,7 @@ def main(argv, environ):
         elif letter == "t":
             timeout = core.number(PROG, letter, value)
         elif letter == "T":
-            dns_timeout = _seconds(letter, value)
+            dns_timeout = resolver.option_seconds(letter, value)
         elif letter == "s":
             threshold = core.number(PROG, letter, value, low=-1000)
         elif letter == "S":
@@ -177,7 +178,7 @@ def main(argv, environ):
     if environ.get("RBLCHECK_THRESHOLD"):
         threshold = core.number(PROG, "s", environ["RBLCHECK_THRESHOLD"], low=-1000)
     if environ.get("RBLCHECK_TIMEOUT"):
-        dns_timeout = _seconds("T", environ["RBLCHECK_TIMEOUT"])
+        dns_timeout = resolver.option_seconds("T", environ["RBLCHECK_TIMEOUT"])
     client = core.client(environ)
     ov = core.override(environ, "RBLSMTPD")
     if ov.action == "check":
@@ -187,16 +188,12 @@ def main(argv, environ):
     opened, verdict = {}, None
     if not client.relay and ov.action == "check":
         for letter, (path, _, list_failclosed) in cdbs.items():
-            opened[letter] = _open(path, PROG)
+            opened[letter] = open_cdb(path, PROG)
             if opened[letter] is None and list_failclosed:
                 why = (("why", "localfail"), ("file", path))
                 verdict = core.Verdict("refuse", 451, LOCAL_ERROR, why)
     if verdict is None:
-        try:
-            env = dict(environ, QTOOLS_RESOLVER=servers) if servers else environ
-            resolve = resolver.make(env, dns_timeout)
-        except ValueError as error:
-            raise core.Die(core.USAGE_EXIT, "invalid resolver: %s" % error)
+        resolve = resolver.for_program(environ, servers, dns_timeout)
         deny_bounce = cdbs.get("D", (0, False))[1]
         verdict = decide(
             client, sources, resolve, threshold, ov, opened.get("A"), opened.get("D"), deny_bounce
@@ -212,13 +209,3 @@ def main(argv, environ):
         if mark:
             verdict = core.Verdict("mark", why=verdict.why)
     return core.act(PROG, verdict, client.ip, rest, environ, timeout=timeout, tag=tag)
-
-
-def _seconds(letter, text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if not 0 < value <= 3600:
-        raise core.Usage("invalid value for -%s: %s" % (letter, text))
-    return value

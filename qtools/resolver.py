@@ -279,11 +279,44 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
     return answers
 
 
-def make(environ, timeout, resolv_conf=RESOLV_CONF):
-    """Return lookup(questions) bound to the configured servers and timeout."""
+def parse_seconds(text):
+    """Return a DNS time limit in seconds from text ("10", "0.5"), or raise ValueError."""
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError(text)
+    return value
+
+
+def make(environ, timeout, server_text=None, resolv_conf=RESOLV_CONF):
+    """Return lookup(questions) bound to the servers (server_text first) and timeout.
+
+    Raise ValueError when the servers are given but are not addresses.
+    """
+    if server_text:
+        environ = dict(environ, QTOOLS_RESOLVER=server_text)
     server_list = servers(environ, resolv_conf)
 
     def resolve(questions):
         return lookup(questions, server_list, timeout)
 
     return resolve
+
+
+def option_seconds(letter, text):
+    """Return the DNS time limit of option letter, or raise Usage."""
+    from qtools import core
+
+    try:
+        return parse_seconds(text)
+    except ValueError:
+        raise core.Usage("invalid value for -%s: %s" % (letter, text))
+
+
+def for_program(environ, servers, dns_timeout):
+    """Return the resolve function for decide(), or raise Die(100) on bad servers."""
+    from qtools import core
+
+    try:
+        return make(environ, dns_timeout, servers)
+    except ValueError as error:
+        raise core.Die(core.USAGE_EXIT, "invalid resolver: %s" % error)

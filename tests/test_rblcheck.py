@@ -536,7 +536,7 @@ class TestEndToEnd:
         dns = rbldnsd(E2E_ZONES)
         maildir = tmp_path / "mail"
         maildir.mkdir()
-        server = tcpserver(CHAIN + sink_cmd(maildir), env={"QTOOLS_RESOLVER": dns})
+        server = tcpserver(CHAIN + sink_cmd(maildir), env={"QTOOLS_RESOLVER": dns}, options=("-H",))
         got = send(server, source)
         assert got[0] == code and (text is None or got[1] == text)
         assert len(read_maildir(maildir)) == delivered
@@ -553,7 +553,7 @@ class TestEndToEnd:
         maildir.mkdir()
         with DNSServer(behaviour={"test": behaviour}) as dns:
             chain = ["rblcheck", "-T", "1"] + options + ["-r", "bl.test"] + sink_cmd(maildir)
-            server = tcpserver(chain, env={"QTOOLS_RESOLVER": dns.address})
+            server = tcpserver(chain, env={"QTOOLS_RESOLVER": dns.address}, options=("-H",))
             start = time.monotonic()
             got = send(server, "127.0.0.2")
             assert time.monotonic() - start < 15
