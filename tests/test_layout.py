@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: ISC
+"""The package's shape: every program has its module, bin script, man page and tests."""
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from qtools import core
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRAMS = sorted(core.PROGRAMS) + ["qtools-mkcdb"]
+
+
+def module_of(program):
+    return "qtools.mkcdb" if program == "qtools-mkcdb" else core.PROGRAMS[program]
+
+
+def man_synopsis(program):
+    """Return the SYNOPSIS of man/PROGRAM.8 as one line of plain text."""
+    with open(os.path.join(REPO, "man", program + ".8")) as f:
+        text = f.read()
+    section = text.split(".SH SYNOPSIS", 1)[1].split(".SH", 1)[0]
+    words = []
+    for line in section.splitlines():
+        line = line.strip()
+        if not line or line.startswith((".PP", ".br", ".sp", ".nf", ".fi", '.\\"')):
+            continue
+        line = re.sub(r"^\.(B|I|BR|IR|RB|RI|BI|IB)\s+", "", line)
+        line = re.sub(r"\\f[BIRP]", "", line).replace("\\-", "-").replace("\\&", "").replace('"', "")
+        words.append(line)
+    return " ".join(" ".join(words).split())
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_program_has_bin_module_man_and_tests(program):
+    """One program = one module = one bin script = one man page = one test file."""
+    script = os.path.join(REPO, "bin", program)
+    assert os.access(script, os.X_OK)
+    with open(script) as f:
+        assert f.read() == "#!/usr/bin/env python3\nfrom %s import main\nraise SystemExit(main())\n" % module_of(program)
+    assert os.path.exists(os.path.join(REPO, "man", program + ".8"))
+    test_name = "test_%s.py" % module_of(program).split(".")[1]
+    assert os.path.exists(os.path.join(REPO, "tests", test_name))
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_man_synopsis_is_the_usage(program):
+    """The man page's SYNOPSIS says what the program's usage line says."""
+    usage = importlib.import_module(module_of(program)).USAGE
+    assert normal(man_synopsis(program), program) == normal(usage, program)
+
+
+def normal(synopsis, program):
+    """Fold case and spacing; "a | b" alternatives read as one form a line."""
+    text = " ".join(synopsis.split()).lower().replace(" ...", "...")
+    return text.replace(" | -", " %s -" % program)
+
+
+@pytest.mark.parametrize("page", sorted(p for p in os.listdir(os.path.join(REPO, "man")) if p[-2:] in (".7", ".8")))
+def test_man_page_lints_clean(page):
+    """Every man page passes mandoc -Tlint at warning level."""
+    if shutil.which("mandoc") is None:
+        pytest.fail("mandoc is not installed: run make test, which installs it")
+    done = subprocess.run(
+        ["mandoc", "-Tlint", "-W", "warning", os.path.join(REPO, "man", page)],
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_overview_page_names_every_program():
+    """qtools(7) points to every program's page."""
+    with open(os.path.join(REPO, "man", "qtools.7")) as f:
+        text = f.read()
+    for program in PROGRAMS:
+        name = re.escape(program).replace("\\-", r"\\?-")
+        assert re.search(r"\.BR %s \(8\)" % name, text), program
