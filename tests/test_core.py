@@ -244,3 +244,55 @@ def test_exec_hands_on_environment_stdin_and_default_sigpipe():
     assert lines[0] == "yes EHLO first bytes\r"
     ignored = int(lines[1].split()[1], 16)
     assert not ignored & (1 << 12)  # SIGPIPE is signal 13
+
+
+def test_chain_of_qtools_programs_runs_in_one_process(tmp_path):
+    """rhostcheck, rblcheck and greylist run in one process, the one that finally execs the last program."""
+    from conftest import VENV_BIN, base_env
+
+    env = base_env(
+        {
+            "TCPREMOTEIP": "127.0.0.9",
+            "TCPREMOTEHOST": "mx.example.org",
+            "RBLSMTPD": "",
+            "QTOOLS_GREYLIST": "",
+        }
+    )
+    argv = [
+        os.path.join(VENV_BIN, "rhostcheck"),
+        "rblcheck", "-r", "bl.invalid",
+        "greylist", str(tmp_path),
+        "sh", "-c", "echo $$; exec cat",
+    ]
+    first_bytes = b"EHLO client.example\r\nMAIL FROM:<a@b>\r\n\x00\xff"
+    done = subprocess.run(argv, input=first_bytes, env=env, capture_output=True, timeout=30)
+    pid, _, rest = done.stdout.partition(b"\n")
+    assert rest == first_bytes
+    logged = [line for line in done.stderr.decode().splitlines() if " pid " in line]
+    assert [line.split(":")[0] for line in logged] == ["rhostcheck", "rblcheck", "greylist"]
+    assert {line.split(" pid ")[1].split(":")[0] for line in logged} == {pid.decode()}
+
+
+def interpreter_starts(stderr):
+    """Count interpreter starts in stderr written under PYTHONPROFILEIMPORTTIME."""
+    return sum(1 for line in stderr.decode().splitlines() if line.startswith("import time:") and line.endswith("| site"))
+
+
+@pytest.mark.parametrize(("exec_mode", "starts"), [("0", 1), ("1", 2)])
+def test_qtools_exec_forces_a_real_exec(tmp_path, exec_mode, starts):
+    """In-process hand-off starts one interpreter; QTOOLS_EXEC=1 makes each program start its own."""
+    from conftest import VENV_BIN, base_env
+
+    env = base_env(
+        {
+            "TCPREMOTEIP": "127.0.0.9",
+            "RBLSMTPD": "",
+            "QTOOLS_GREYLIST": "",
+            "QTOOLS_EXEC": exec_mode,
+            "PYTHONPROFILEIMPORTTIME": "1",
+        }
+    )
+    argv = [os.path.join(VENV_BIN, "rblcheck"), "greylist", str(tmp_path), "sh", "-c", "echo $$"]
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=30)
+    assert done.returncode == 0
+    assert interpreter_starts(done.stderr) == starts
