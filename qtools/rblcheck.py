@@ -52,11 +52,9 @@ def _refusal(code_bounce, mustnotbounce, text, why):
 
 
 def decide(client, sources, resolve, threshold=1, ov=None, allow=None, deny=None, deny_bounce=False):
-    """Decide as rblsmtpd does, in argv order, from answers asked all at once.
-
-    resolve([(name, type)]) returns one resolver.Answer per question;
-    allow and deny are opened network-list cdbs or None.
-    """
+    """Decide as rblsmtpd does, in argv order, from answers asked all at once."""
+    # resolve([(name, type)]) returns one resolver.Answer per question;
+    # allow and deny are opened network-list cdbs or None.
     from qtools import netlist
     from qtools.resolver import listed as resolver_listed
 

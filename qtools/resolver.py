@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: ISC
 """Send DNS queries in parallel to the configured servers, with one deadline."""
 
-import os
 import time
 
 RESOLV_CONF = "/etc/resolv.conf"
@@ -50,10 +49,8 @@ def parse_servers(text, port=53):
 
 
 def servers(environ, resolv_conf=RESOLV_CONF):
-    """Return the servers to ask: $QTOOLS_RESOLVER, $DNSCACHEIP, resolv.conf, 127.0.0.1.
-
-    Raise ValueError when a variable holds something that is not an address.
-    """
+    """Return the servers to ask: $QTOOLS_RESOLVER, $DNSCACHEIP, resolv.conf, 127.0.0.1."""
+    # A variable holding something that is not an address raises ValueError.
     text = environ.get("QTOOLS_RESOLVER")
     if text and text.strip():
         return parse_servers(text)
@@ -174,13 +171,12 @@ class _Query:
 
 
 def lookup(questions, server_list, timeout, clock=time.monotonic):
-    """Ask every (name, "TXT"|"A"|"AAAA"|"PTR") at once; return an Answer for each.
-
-    All queries go out together over UDP; a silent server is left for the
-    next one after a second, and every query ends by the one deadline.
-    NXDOMAIN and no data are an empty Answer; a timeout, a server failure
-    or a malformed reply is an Answer with error set.
-    """
+    """Ask every (name, "TXT"|"A"|"AAAA"|"PTR") at once; return an Answer for each."""
+    # All queries go out together over UDP; a silent server is left for the
+    # next one after a second, and every query ends by the one deadline.
+    # NXDOMAIN and no data are an empty Answer; a timeout, a server failure
+    # or a malformed reply is an Answer with error set (djb's dns_resolve
+    # counts all three as temporary failures).
     import select
     import socket
 
@@ -288,10 +284,7 @@ def parse_seconds(text):
 
 
 def make(environ, timeout, server_text=None, resolv_conf=RESOLV_CONF):
-    """Return lookup(questions) bound to the servers (server_text first) and timeout.
-
-    Raise ValueError when the servers are given but are not addresses.
-    """
+    """Return lookup(questions) bound to the servers (server_text first) and timeout."""
     if server_text:
         environ = dict(environ, QTOOLS_RESOLVER=server_text)
     server_list = servers(environ, resolv_conf)

@@ -16,13 +16,12 @@ BEHAVIOURS = ("servfail", "refused", "silent", "garbage", "truncate", "wrongid")
 
 
 class DNSServer:
-    """Serve records {name: [(type, value), ...]} on a loopback address over UDP and TCP.
+    """Serve records {name: [(type, value), ...]} on a loopback address over UDP and TCP."""
 
-    behaviour maps a name or a zone (every name under it) to one of
-    BEHAVIOURS, or to a number of seconds to wait before answering.
-    Names not in the table get NXDOMAIN.  Every question asked is kept
-    in .questions as (name, type).
-    """
+    # behaviour maps a name or a zone (every name under it) to one of
+    # BEHAVIOURS, or to a number of seconds to wait before answering.
+    # Names not in the table get NXDOMAIN.  Every question asked is kept
+    # in .questions as (name, type).
 
     def __init__(self, records=None, behaviour=None, delay=0.0, host="127.0.0.1", port=0):
         self.records = {k.lower().rstrip("."): v for k, v in (records or {}).items()}
