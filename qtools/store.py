@@ -407,21 +407,32 @@ class DirStore:
         return removed
 
     def _remove_tree(self, top):
-        # scandir's d_type tells files from directories without a stat.
+        """Remove the directory top and all below it; return the entries removed."""
+        # Names relative to an open directory spare the path walks, and
+        # nothing is statted: a name that is a directory fails to unlink.
         removed = 0
         try:
-            with os.scandir(top) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        removed += self._remove_tree(entry.path)
-                    else:
-                        self._unlink(entry.path)
-                        removed += not entry.name.startswith(".")
-            os.rmdir(top)
+            fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:  # a concurrent purge got there first
+            return 0
+        except OSError as error:
+            raise self._fail("open", top, error)
+        try:
+            for name in os.listdir(fd):
+                try:
+                    os.unlink(name, dir_fd=fd)
+                    removed += not name.startswith(".")
+                except FileNotFoundError:
+                    pass
+                except (IsADirectoryError, PermissionError):
+                    removed += self._remove_tree(os.path.join(top, name))
+            os.rmdir(top)
+        except FileNotFoundError:
             pass
         except OSError as error:
             raise self._fail("remove", top, error)
+        finally:
+            os.close(fd)
         return removed
 
 
