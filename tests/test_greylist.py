@@ -4,6 +4,7 @@
 import concurrent.futures
 import os
 import re
+import sys
 import time
 
 import cdblib
@@ -336,6 +337,24 @@ class TestTranscript:
         lines = result.err.decode().splitlines()
         assert lines[0] == "greylist: warning: unable to create %s/none/grey: no such file or directory" % tmp_path
         assert lines[1].startswith("greylist: 192.0.2.7 pid x: pass why=failure error=")
+
+    @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"),
+                        reason="needs root and setpriv to run as another account")
+    def test_unwritable_store_fails_open(self):
+        """--- a store the connection's account cannot write is warned about; mail goes on."""
+        import tempfile
+
+        # Under /tmp itself: pytest's own directories are closed to others.
+        tmp_path = tempfile.mkdtemp(prefix="greylist-ro-")
+        os.chmod(tmp_path, 0o755)
+        argv = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "greylist"),
+                str(tmp_path), "echo", "ok"]
+        result = run_prog(argv, {"TCPREMOTEIP": "192.0.2.7"})
+        assert (result.rc, result.out) == (0, b"ok\n")
+        os.rmdir(tmp_path)
+        assert result.err.splitlines()[0] == (
+            b"greylist: warning: unable to create %s/grey: permission denied" % tmp_path.encode())
 
     def test_missing_store_fail_closed(self, tmp_path):
         """--- with -f a broken store defers (451), never refuses for good."""

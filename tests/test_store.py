@@ -265,6 +265,18 @@ class TestFailures:
         with pytest.raises(StoreError, match="not a directory"):
             DirStore(str(tmp_path / "file")).check("k", T0)
 
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+    def test_root_gives_entries_to_owner(self, tmp_path):
+        """What root writes (greylist -A from a shell) stays writable by the store's owner."""
+        s = make(tmp_path)
+        os.chown(s.root, 65534, 65534)
+        s.allow("k", T0)
+        s.check("other", T0)
+        for directory, subdirs, files in os.walk(s.root):
+            for name in subdirs + files:
+                st = os.stat(os.path.join(directory, name))
+                assert (st.st_uid, st.st_gid) == (65534, 65534), name
+
     def test_unknown_url(self):
         """A store URL of an unknown kind is refused."""
         with pytest.raises(StoreError, match="unknown store"):
