@@ -131,6 +131,16 @@ def open_cdb(path, prog):
         return None
 
 
+def _servers(text):
+    from qtools import resolver
+
+    try:
+        resolver.parse_servers(text)
+    except ValueError as error:
+        raise core.Usage("invalid value for -S: %s" % error)
+    return text
+
+
 def _flag(environ, name, default):
     value = environ.get(name)
     return default if value is None or value == "" else value not in ("0", "no")
@@ -161,7 +171,7 @@ def main(argv, environ):
         elif letter == "s":
             threshold = core.number(PROG, letter, value, low=-1000)
         elif letter == "S":
-            servers = value
+            servers = _servers(value)
         elif letter in "AD":
             cdbs[letter] = (value, bounce, failclosed)
         else:
@@ -191,7 +201,7 @@ def main(argv, environ):
                 why = (("why", "localfail"), ("file", path))
                 verdict = core.Verdict("refuse", 451, LOCAL_ERROR, why)
     if verdict is None:
-        resolve = resolver.for_program(environ, servers, dns_timeout)
+        resolve = resolver.lazy(environ, servers, dns_timeout)
         deny_bounce = cdbs.get("D", (0, False))[1]
         verdict = decide(
             client, sources, resolve, threshold, ov, opened.get("A"), opened.get("D"), deny_bounce
@@ -199,8 +209,9 @@ def main(argv, environ):
     for key, value in verdict.why:
         if key == "dnsfail":
             core.warn(PROG, "unable to look up %s in %s" % (client.ip, value.replace(":", ": ", 1)))
-    tag = "%s:%s" % (PROG, dict(verdict.why).get("list", "error"))
-    if verdict.action == "refuse" and dict(verdict.why).get("why") != "override":
+    fields = dict(verdict.why)
+    tag = "%s:%s" % (PROG, fields.get("list") or fields.get("why"))
+    if verdict.action == "refuse" and fields.get("why") != "override":
         if dryrun:
             core.log(PROG, client.ip, "dryrun", (("reply", verdict.reply),) + verdict.why)
             return core.chain(PROG, rest, environ)

@@ -305,11 +305,20 @@ def option_seconds(letter, text):
         raise core.Usage("invalid value for -%s: %s" % (letter, text))
 
 
-def for_program(environ, servers, dns_timeout):
-    """Return the resolve function for decide(), or raise Die(100) on bad servers."""
+def lazy(environ, server_text, timeout):
+    """Return a resolve function for decide() that reads its configuration on first use."""
+    # A client decided without DNS never pays for reading resolv.conf, and a
+    # bad $QTOOLS_RESOLVER only stops (exit 100) a connection that needs it.
     from qtools import core
 
-    try:
-        return make(environ, dns_timeout, servers)
-    except ValueError as error:
-        raise core.Die(core.USAGE_EXIT, "invalid resolver: %s" % error)
+    bound = []
+
+    def resolve(questions):
+        if not bound:
+            try:
+                bound.append(make(environ, timeout, server_text))
+            except ValueError as error:
+                raise core.Die(core.USAGE_EXIT, "invalid resolver: %s" % error)
+        return bound[0](questions)
+
+    return resolve

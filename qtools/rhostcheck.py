@@ -160,6 +160,10 @@ def main(argv, environ):
             dns_timeout = resolver.option_seconds(letter, value)
         elif letter == "S":
             servers = value
+            try:
+                resolver.parse_servers(value)
+            except ValueError as error:
+                raise core.Usage("invalid value for -S: %s" % error)
     if not rest:
         raise core.Usage("")
     if any(e not in ENCODINGS for e in encodings):
@@ -180,7 +184,7 @@ def main(argv, environ):
                 why = (("why", "localfail"), ("file", exceptions))
                 verdict = core.Verdict("refuse", 451, LOCAL_ERROR, why)
         if opt["h"]:
-            resolve = resolver.for_program(environ, servers, dns_timeout)
+            resolve = resolver.lazy(environ, servers, dns_timeout)
     if verdict is None:
         verdict = decide(client, resolve, generic, keywords, encodings, reader,
                          opt["b"], opt["c"], ov)

@@ -19,7 +19,8 @@ class DNSServer:
     """Serve records {name: [(type, value), ...]} on a loopback address over UDP and TCP."""
 
     # behaviour maps a name or a zone (every name under it) to one of
-    # BEHAVIOURS, or to a number of seconds to wait before answering.
+    # BEHAVIOURS, to a number of seconds to wait before answering, or to a
+    # function from the query packet to the reply packet.
     # Names not in the table get NXDOMAIN.  Every question asked is kept
     # in .questions as (name, type).
 
@@ -91,6 +92,8 @@ class DNSServer:
         rdtype = dns.rdatatype.to_text(question.rdtype)
         self.questions.append((name, rdtype))
         rule = self._rule(name)
+        if callable(rule):
+            return rule(data), 0
         wait = rule if isinstance(rule, (int, float)) else 0
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA

@@ -272,10 +272,22 @@ class TestMain:
         assert rblcheck.main(["-r", "bl.test", "true"], {}) == 100
         assert capfd.readouterr().err == "rblcheck: fatal: TCPREMOTEIP not set\n"
 
-    def test_invalid_resolver_exits_100(self, capfd):
-        """A resolver address that is not ip[:port] is a permanent misconfiguration."""
+    def test_invalid_S_is_a_usage_error(self, capfd):
+        """-S with something that is not ip[:port] exits 100 with the usage line."""
         assert rblcheck.main(["-S", "nohost", "-r", "bl.test", "true"], {"TCPREMOTEIP": "127.0.0.2"}) == 100
-        assert "rblcheck: fatal: invalid resolver" in capfd.readouterr().err
+        assert "rblcheck: invalid value for -S: invalid server address nohost" in capfd.readouterr().err
+
+    def test_invalid_QTOOLS_RESOLVER_exits_100_when_a_query_is_needed(self, capfd):
+        """A bad $QTOOLS_RESOLVER is a permanent misconfiguration for a client that needs DNS."""
+        environ = {"TCPREMOTEIP": "127.0.0.2", "QTOOLS_RESOLVER": "nohost"}
+        assert rblcheck.main(["-r", "bl.test", "true"], environ) == 100
+        assert capfd.readouterr().err == "rblcheck: fatal: invalid resolver: invalid server address nohost\n"
+
+    def test_invalid_QTOOLS_RESOLVER_is_not_read_without_a_query(self):
+        """A client that needs no DNS is handed on whatever $QTOOLS_RESOLVER holds."""
+        r = run_prog(["rblcheck", "-r", "bl.test", "echo", "ran"],
+                     {"TCPREMOTEIP": "127.0.0.2", "QTOOLS_RESOLVER": "nohost", "RBLSMTPD": ""})
+        assert (r.rc, r.out) == (0, b"ran\n")
 
     def test_usage_matches_the_man_page(self):
         """The SYNOPSIS of rblcheck(8) is the module's USAGE."""

@@ -7,6 +7,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qtools import resolver
 from qtools.resolver import Answer
@@ -166,3 +168,35 @@ def test_dnspython_is_not_imported_until_a_query():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
     assert out == b"False\n"
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    """A server that sends back our query id followed by whatever the test put in replies."""
+    replies = {}
+    with DNSServer(behaviour={"test": lambda query: query[:2] + replies["next"]}) as server:
+        yield server, replies
+
+
+class TestHostileReplies:
+    """Whatever a server sends back, lookup returns an Answer and never raises."""
+
+    @settings(max_examples=int(os.environ.get("QTOOLS_FUZZ_EXAMPLES", "150")), deadline=None)
+    @given(
+        flags=st.binary(min_size=2, max_size=2),
+        counts=st.binary(min_size=8, max_size=8),
+        rest=st.binary(max_size=300),
+    )
+    def test_random_bytes(self, hostile, flags, counts, rest):
+        """A reply with our id and random contents is an answer or a failure, nothing else."""
+        server, replies = hostile
+        replies["next"] = flags + counts + rest
+        (answer,) = resolver.lookup([("x.test", "TXT")], [("127.0.0.1", server.port)], 1)
+        assert isinstance(answer, Answer)
+        assert answer.error is None or answer.records == []
+
+    def test_echoed_query_is_not_an_answer(self):
+        """The query itself sent back (no QR bit) does not count as a reply."""
+        with DNSServer(behaviour={"test": lambda query: query}) as echo:
+            (answer,) = resolver.lookup([("x.test", "A")], [("127.0.0.1", echo.port)], 1)
+        assert answer.error is not None

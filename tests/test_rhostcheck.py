@@ -194,7 +194,8 @@ class TestMain:
     """Tests for `main`."""
 
     @pytest.mark.parametrize(
-        "argv", [[], ["-h"], ["-z", "p"], ["-e", "dotted,nope", "p"], ["-T", "x", "p"], ["-t", "-1", "p"]]
+        "argv",
+        [[], ["-h"], ["-z", "p"], ["-e", "dotted,nope", "p"], ["-T", "x", "p"], ["-t", "-1", "p"], ["-S", "x", "p"]],
     )
     def test_usage(self, argv, capfd):
         """A bad command line exits 100 with the usage line."""
