@@ -392,6 +392,8 @@ class DirStore:
 
     def purge(self, now):
         """Remove every dead generation; return the number of entries removed."""
+        if not os.path.isdir(self.root):  # a mistyped name in a crontab
+            raise self._fail("open", self.root, FileNotFoundError(2, "No such file or directory"))
         removed = 0
         for tree in ("grey", "pass"):
             top = os.path.join(self.root, tree)

@@ -442,11 +442,11 @@ class TestEndToEnd:
         store, mail = tmp_path / "state", tmp_path / "mail"
         store.mkdir()
         mail.mkdir()
-        server = tcpserver(["greylist", "-m", "2", str(store)] + sink_cmd(mail))
-        assert send(server, "127.0.1.2") == (451, b"greylisted, try again in 2 seconds (#4.7.1)")
+        server = tcpserver(["greylist", "-m", "3", str(store)] + sink_cmd(mail))
+        assert send(server, "127.0.1.2") == (451, b"greylisted, try again in 3 seconds (#4.7.1)")
         assert send(server, "127.0.1.2")[0] == 451
         assert read_maildir(mail) == []
-        time.sleep(2.5)
+        time.sleep(3.5)
         assert send(server, "127.0.1.2") is None
         assert send(server, "127.0.1.77") is None
         assert send(server, "127.0.2.2")[0] == 451
@@ -699,10 +699,10 @@ class TestTripletEndToEnd:
         store, mail = tmp_path / "state", tmp_path / "mail"
         store.mkdir()
         mail.mkdir()
-        server = tcpserver(["greylist", "-T", "-m", "2", str(store)] + sink_cmd(mail))
-        assert send(server, "127.0.1.2") == (451, b"greylisted, try again in 2 seconds (#4.7.1)")
+        server = tcpserver(["greylist", "-T", "-m", "3", str(store)] + sink_cmd(mail))
+        assert send(server, "127.0.1.2") == (451, b"greylisted, try again in 3 seconds (#4.7.1)")
         assert send(server, "127.0.1.2", sender="other@example.org")[0] == 451
-        time.sleep(2.5)
+        time.sleep(3.5)
         assert send(server, "127.0.1.3") is None
         assert send(server, "127.0.1.4", sender="other@example.org") is None
         assert len(read_maildir(mail)) == 2

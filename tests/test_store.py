@@ -242,7 +242,12 @@ class TestPurge:
         monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a) or real(*a, **k))
         monkeypatch.setattr(os, "lstat", lambda *a, **k: calls.append(a) or real(*a, **k))
         assert s.purge(T0 + 3 * WINDOW) == 20
-        assert calls == []
+        assert [a for a in calls if a[0] != s.root] == []
+
+    def test_missing_root(self, tmp_path):
+        """purge of a directory that is not there is an error, not a quiet success."""
+        with pytest.raises(StoreError, match="unable to open .*/none: no such file"):
+            DirStore(str(tmp_path / "none")).purge(T0)
 
     def test_empty_store(self, tmp_path):
         """purge of a store nothing was written to removes nothing."""
