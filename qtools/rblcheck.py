@@ -40,7 +40,9 @@ class Source:
             if "\\" in host or host.count(".") < 1:
                 return []  # no name, or tcpserver escaped a strange byte
             labels = host.rstrip(".").split(".")
-            domains = [".".join(labels[i:]) for i in range(len(labels) - 1)][:5]
+            # The name and its parents, but at most the five nearest the root,
+            # where the registered domain is.
+            domains = [".".join(labels[i:]) for i in range(len(labels) - 1)][-5:]
             return [("%s.%s" % (d, self.base), "A") for d in domains]
         name = "%s.%s" % (core.reverse_ip(client.packed), self.base)
         return [(name, "TXT" if self.kind == "r" else "A")]
@@ -141,6 +143,16 @@ def _servers(text):
     return text
 
 
+def _variable(environ, name, parse, default):
+    text = environ.get(name)
+    if not text:
+        return default
+    try:
+        return parse(text)
+    except ValueError:
+        raise core.Die(core.USAGE_EXIT, "invalid $%s: %s" % (name, core.clean(text)))
+
+
 def _flag(environ, name, default):
     value = environ.get(name)
     return default if value is None or value == "" else value not in ("0", "no")
@@ -183,10 +195,8 @@ def main(argv, environ):
         raise core.Usage("")
     mark = _flag(environ, "RBLCHECK_MARK", mark)
     dryrun = _flag(environ, "RBLCHECK_DRYRUN", dryrun)
-    if environ.get("RBLCHECK_THRESHOLD"):
-        threshold = core.number(PROG, "s", environ["RBLCHECK_THRESHOLD"], low=-1000)
-    if environ.get("RBLCHECK_TIMEOUT"):
-        dns_timeout = resolver.option_seconds("T", environ["RBLCHECK_TIMEOUT"])
+    threshold = _variable(environ, "RBLCHECK_THRESHOLD", int, threshold)
+    dns_timeout = _variable(environ, "RBLCHECK_TIMEOUT", resolver.parse_seconds, dns_timeout)
     client = core.client(environ)
     ov = core.override(environ, "RBLSMTPD")
     if ov.action == "check":

@@ -267,6 +267,23 @@ class TestMain:
         assert rblcheck.main(argv, {"TCPREMOTEIP": "127.0.0.2"}) == 100
         assert "rblcheck: usage: rblcheck [ -b | -B ]" in capfd.readouterr().err
 
+    @pytest.mark.parametrize(
+        ("name", "value"), [("RBLCHECK_THRESHOLD", "x"), ("RBLCHECK_TIMEOUT", "0"), ("RBLCHECK_TIMEOUT", "y")]
+    )
+    def test_invalid_variables_exit_100(self, name, value, capfd):
+        """A tcp.smtp variable that is not a number is named in the message."""
+        assert rblcheck.main(["-r", "bl.test", "true"], {"TCPREMOTEIP": "127.0.0.2", name: value}) == 100
+        assert capfd.readouterr().err == "rblcheck: fatal: invalid $%s: %s\n" % (name, value)
+
+    def test_rhsbl_asks_the_names_nearest_the_root(self):
+        """A long host name is asked by its five shortest parents, the registered domain among them."""
+        resolve = fake({})
+        rblcheck.decide(client(host="a.b.c.d.e.f.example.com"), sources("-ddbl.test"), resolve)
+        assert [q[0] for q in resolve.asked] == [
+            "c.d.e.f.example.com.dbl.test", "d.e.f.example.com.dbl.test", "e.f.example.com.dbl.test",
+            "f.example.com.dbl.test", "example.com.dbl.test",
+        ]
+
     def test_missing_TCPREMOTEIP_exits_100(self, capfd):
         """Without TCPREMOTEIP there is no client to check."""
         assert rblcheck.main(["-r", "bl.test", "true"], {}) == 100
