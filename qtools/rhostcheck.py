@@ -113,7 +113,7 @@ def decide(client, resolve=None, generic=False, keywords=None, encodings=ENCODIN
         match = dynamic(host, client.packed, words, encodings)
         if match:
             why += [("why", "dynamic"), ("match", match)]
-            return core.Verdict("refuse", code, DYNAMIC % (host, n), why)
+            return core.Verdict("refuse", code, DYNAMIC % (core.clean(host, 100), n), why)
     return core.Verdict("pass", why=why)
 
 
