@@ -119,8 +119,8 @@ class DirStore:
     a passed key found in the previous one is renamed into the current one.
     purge removes whole dead generations and never stats an entry.  XX (two
     hex digits of a hash of NAME) keeps directories small.  Every change is
-    one atomic system call (open O_EXCL, utime, rename), so there is no
-    read-modify-write window between concurrent connections.  Changing the
+    one atomic system call (link of a complete entry, utime, rename), so
+    there is no read-modify-write window between concurrent connections.  Changing the
     window or the lifetime starts new generations: the old keys are no
     longer seen and are purged in time.
     """
