@@ -200,7 +200,7 @@ def main(argv, environ):
     client = core.client(environ)
     ov = core.override(environ, "RBLSMTPD")
     if ov.action == "check":
-        ov = core.override(environ, "RBLCHECK")
+        ov = core.override(environ, "QTOOLS_RBLCHECK")
     # rblsmtpd cuts and cleans bytes, not characters: count them alike.
     ov.text = ov.text.encode("utf-8", "surrogateescape").decode("latin-1")
     opened, verdict = {}, None

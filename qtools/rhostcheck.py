@@ -175,7 +175,11 @@ def main(argv, environ):
     if environ.get("RHOSTCHECK_ENCODINGS") is not None:
         encodings = [e for e in _words(environ["RHOSTCHECK_ENCODINGS"]) if e in ENCODINGS]
     client = core.client(environ)
-    ov = core.override(environ, "RHOSTCHECK")
+    # QTOOLS_RHOSTCHECK is the name the other programs' pattern gives;
+    # RHOSTCHECK is read too when it is unset.
+    ov = core.override(environ, "QTOOLS_RHOSTCHECK")
+    if ov.action == "check":
+        ov = core.override(environ, "RHOSTCHECK")
     resolve, reader, verdict = None, None, None
     if not client.relay and ov.action == "check":
         if exceptions is not None:

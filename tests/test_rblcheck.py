@@ -399,10 +399,10 @@ class TestTranscripts:
 
     @pytest.mark.parametrize(
         "env",
-        [{"RBLSMTPD": ""}, {"RELAYCLIENT": ""}, {"RBLCHECK": ""}],
+        [{"RBLSMTPD": ""}, {"RELAYCLIENT": ""}, {"QTOOLS_RBLCHECK": ""}],
     )
     def test_no_dnspython_when_no_query_is_sent(self, dns, env):
-        """$RBLSMTPD, RELAYCLIENT or $RBLCHECK deciding means dnspython is never imported."""
+        """$RBLSMTPD, RELAYCLIENT or $QTOOLS_RBLCHECK deciding means dnspython is never imported."""
         before = len(dns.questions)
         r = run_prog(["rblcheck", "-r", "bl.test", "echo", "ran"],
                      env_for(dns, "127.0.0.2", PYTHONPROFILEIMPORTTIME="1", **env))

@@ -263,11 +263,16 @@ class TestTranscripts:
         assert r.out == out
 
     def test_RHOSTCHECK_text_refuses_permanently(self):
-        """$RHOSTCHECK follows the $RBLSMTPD pattern: a leading - means 553."""
+        """$QTOOLS_RHOSTCHECK follows the $RBLSMTPD pattern: a leading - means 553."""
         r = run_prog(["rhostcheck", "echo", "ran"],
-                     {"TCPREMOTEIP": "192.0.2.7", "TCPREMOTEHOST": "mx.example", "RHOSTCHECK": "-go away"},
+                     {"TCPREMOTEIP": "192.0.2.7", "TCPREMOTEHOST": "mx.example", "QTOOLS_RHOSTCHECK": "-go away"},
                      b"rcpt to:<x@y>\r\n")
         assert r.out.splitlines()[1] == b"553 go away"
+
+    def test_QTOOLS_RHOSTCHECK_is_read_before_RHOSTCHECK(self):
+        """With both set, $QTOOLS_RHOSTCHECK decides."""
+        env = {"TCPREMOTEIP": "192.0.2.7", "QTOOLS_RHOSTCHECK": "", "RHOSTCHECK": "no"}
+        assert run_prog(["rhostcheck", "echo", "ran"], env).out == b"ran\n"
 
     def test_RHOSTCHECK_empty_skips(self):
         """An empty $RHOSTCHECK from tcp.smtp lets the client through without a name."""
