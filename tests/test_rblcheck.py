@@ -617,3 +617,16 @@ class TestEndToEnd:
         verdict = rblcheck.decide(client("2001:db8::25"), sources("-rbl6.test"), resolve)
         assert (verdict.code, verdict.text) == (451, "v6 listed")
         assert rblcheck.decide(client("2001:db8:1::25"), sources("-rbl6.test"), resolve).action == "pass"
+
+    def test_marks_of_a_chain_reach_the_end(self, tcpserver, rbldnsd, tmp_path):
+        """rhostcheck -m and rblcheck -m in one chain both leave their mark for the last program."""
+        dns = rbldnsd(E2E_ZONES)
+        maildir = tmp_path / "mail"
+        maildir.mkdir()
+        chain = ["rhostcheck", "-m", "rblcheck", "-m", "-r", "bl.test"] + sink_cmd(maildir)
+        server = tcpserver(chain, env={"QTOOLS_RESOLVER": dns}, options=("-H",))
+        assert send(server, "127.0.0.2")[0] == 250
+        (message,) = read_maildir(maildir)
+        assert b"X-Sink-Env: QTOOLS_SUSPECT=rhostcheck:nordns rblcheck:bl.test\r\n" in message
+        log = server.log()
+        assert "rhostcheck: 127.0.0.2 pid " in log and "rblcheck: 127.0.0.2 pid " in log
