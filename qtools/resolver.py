@@ -27,7 +27,7 @@ class Answer:
 
 def parse_servers(text, port=53):
     """Return [(ip, port)] from "ip[:port][,ip[:port]...]"; "[v6]:port" for v6 ports."""
-    from qtools.core import parse_ip
+    from qtools.core import format_ip, parse_ip
 
     servers = []
     for item in text.replace(",", " ").split():
@@ -42,9 +42,11 @@ def parse_servers(text, port=53):
             number = int(number)
         except ValueError:
             raise ValueError("invalid port in %s" % item)
-        if parse_ip(host) is None or not 0 < number < 65536:
+        parsed = parse_ip(host)
+        if parsed is None or not 0 < number < 65536:
             raise ValueError("invalid server address %s" % item)
-        servers.append((host, number))
+        # Canonical text, so that a reply's source address compares equal.
+        servers.append((format_ip(parsed[1]), number))
     return servers
 
 
