@@ -364,6 +364,27 @@ class TestTranscript:
         assert b"451 temporary greylist failure, try again later (#4.3.0)\r\n" in result.out
         assert b"ok" not in result.out
 
+    def test_allowlist_from_mkcdb(self, tmp_path):
+        """--- an allow list built by qtools-mkcdb -n lets networks and host suffixes through."""
+        cdb = str(tmp_path / "allow.cdb")
+        built = run_prog(["qtools-mkcdb", "-n", cdb, cdb + ".tmp"],
+                         stdin=b"192.0.2.0/24\n.pool.example.com\n2001:db8::/32\n")
+        assert built.rc == 0, built
+        store = tmp_path / "state"
+        store.mkdir()
+        argv = ["greylist", "-a", cdb, str(store), "echo", "ok"]
+        cases = [
+            ({"TCPREMOTEIP": "192.0.2.9"}, b"skip why=allowlist entry=192.0.2.0/24"),
+            ({"TCPREMOTEIP": "2001:db8:7::1"}, b"skip why=allowlist entry=2001:db8::/32"),
+            ({"TCPREMOTEIP": "198.51.100.1", "TCPREMOTEHOST": "MX1.Pool.Example.COM"},
+             b'skip why=allowlist entry="=.pool.example.com"'),
+            ({"TCPREMOTEIP": "198.51.100.1", "TCPREMOTEHOST": "mx1.other.example"},
+             b"451 greylisted, try again in 300 seconds"),
+        ]
+        for env, logged in cases:
+            result = run_prog(argv, env, SESSION)
+            assert logged in result.err, (env, result)
+
     def test_no_tcpremoteip(self, tmp_path):
         """--- without TCPREMOTEIP greylist exits 100."""
         result = run_prog(["greylist", str(tmp_path), "echo"])
@@ -688,6 +709,30 @@ class TestTriplets:
         f = greylist.Triplets(config(fail_closed=fail_closed), FailingStore(), "192.0.2.0/24")
         got = f.command(Session(b"a@example.org"), b"rcpt", b"RCPT TO:<b@example.net>")
         assert (got if got is None else got[:13]) == reply
+
+
+class TestTripletTranscript:
+    """Triplet mode run as a program, stacked with validrcptto in one proxy."""
+
+    def test_behind_validrcptto(self, tmp_path):
+        """--- an invalid recipient is refused by validrcptto and never stored; a valid one is deferred."""
+        cdb = str(tmp_path / "valid.cdb")
+        assert run_prog(["qtools-mkcdb", "-a", cdb, cdb + ".tmp"], stdin=b"b@example.net\n").rc == 0
+        store, mail = tmp_path / "state", tmp_path / "mail"
+        store.mkdir()
+        mail.mkdir()
+        session = (b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<nobody@example.net>\r\n"
+                   b"RCPT TO:<B@example.net>\r\nQUIT\r\n")
+        env = {"TCPREMOTEIP": "192.0.2.7", "VALIDRCPTTO_CDB": cdb}
+        result = run_prog(["validrcptto", "greylist", "-T", str(store)] + sink_cmd(mail), env, session)
+        assert result.rc == 0
+        replies = result.out.split(b"\r\n")
+        assert replies[-4].startswith(b"553 ")
+        assert replies[-3] == b"451 greylisted, try again in 300 seconds (#4.7.1)"
+        listing = run_prog(["greylist", "-q", str(store)]).out
+        assert re.fullmatch(rb"192\.0\.2\.0/24 a@example\.org b@example\.net wait first=\S+ left=300\n",
+                            listing), listing
+        assert result.err.count(b" pid x: end ") == 1
 
 
 @pytest.mark.e2e
