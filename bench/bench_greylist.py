@@ -147,8 +147,8 @@ def purges(scratch, full):
     populate_cqgreylist(cq, entries, time.time())
     find = ["find", cq, "-type", "f", "-mmin", "+1440", "-delete"]
     rows = []
-    ours, out = timed([greylist, "-P", full.root])
-    assert out == b"purged 0 entries\n", out
+    ours, _ = timed([greylist, "-P", full.root])
+    assert count_files(full.root) == entries
     ref, _ = timed(find)
     assert count_files(cq) == entries
     rows.append(("purge, %d live entries, none dead (s)" % entries, ours, ref, "find -delete", 1.0))
@@ -162,8 +162,8 @@ def purges(scratch, full):
     for directory, _, files in os.walk(cq):
         for name in files:
             os.utime(os.path.join(directory, name), (old, old))
-    ours, out = timed([greylist, "-P", full.root])
-    assert out == b"purged %d entries\n" % entries, out
+    ours, _ = timed([greylist, "-P", full.root])
+    assert count_files(full.root) == 0
     ref, _ = timed(find)
     assert count_files(cq) == 0
     # Both are bound by unlink here; parity within noise is the goal.

@@ -420,9 +420,23 @@ class TestTranscript:
         passes = run_prog(["greylist", root, "echo", "ok"], {"TCPREMOTEIP": "2001:db8::99"})
         assert passes.out == b"ok\n"
         purged = run_prog(["greylist", "-P", root])
-        assert (purged.rc, purged.out) == (0, b"purged 0 entries\n")
+        assert (purged.rc, purged.out, purged.err) == (0, b"", b"")
         bad = run_prog(["greylist", "-q", root, "not-an-ip"])
         assert bad.rc == 100 and b"invalid address: not-an-ip" in bad.err
+
+    def test_purge_removes_dead_state(self, tmp_path):
+        """--- -P removes a dead generation, quietly, and keeps the live one."""
+        root = str(tmp_path)
+        run_prog(["greylist", "-A", root, "192.0.2.7"])
+        dead = tmp_path / "grey" / "1000000000" / "ab"
+        dead.mkdir(parents=True)
+        (dead / "198.51.100.0%2F24").write_text("")
+        purged = run_prog(["greylist", "-P", root])
+        assert (purged.rc, purged.out, purged.err) == (0, b"", b"")
+        assert not (tmp_path / "grey" / "1000000000").exists()
+        assert run_prog(["greylist", "-q", root]).out.startswith(b"192.0.2.0/24 known ")
+        missing = run_prog(["greylist", "-P", str(tmp_path / "none")])
+        assert missing.rc == 111 and b"unable to open" in missing.err
 
     def test_cli_store_error(self, tmp_path):
         """--- a command on an unusable store is a temporary failure."""
