@@ -165,7 +165,7 @@ class _Query:
         self.rdtype = dns.rdatatype.from_text(rdtype_text)
         self.message = dns.message.make_query(name, self.rdtype)
         self.wire = self.message.to_wire()
-        self.socket = None
+        self.sockets = []
         self.attempt = 0
         self.server = None
         self.answer = None
@@ -198,32 +198,34 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
     retry = min(1.0, max(timeout / 3.0, 0.05))
 
     def send(query):
-        query.server = server_list[query.attempt % len(server_list)]
+        server = server_list[query.attempt % len(server_list)]
         query.attempt += 1
         query.sent = clock()
-        family = socket.AF_INET6 if ":" in query.server[0] else socket.AF_INET
-        if query.socket is not None:
-            poller.unregister(query.socket.fileno())
-            del by_fd[query.socket.fileno()]
-            query.socket.close()
-        query.socket = socket.socket(family, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        # A fresh socket (a fresh source port) per attempt; earlier ones stay
+        # open, so a late answer to an earlier attempt still counts.
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        query.sockets.append(sock)
         try:
-            query.socket.sendto(query.wire, query.server)
+            sock.sendto(query.wire, server)
         except OSError as error:
             query.failure = "unable to send: %s" % error
-        poller.register(query.socket.fileno(), select.POLLIN)
-        by_fd[query.socket.fileno()] = query
+        poller.register(sock.fileno(), select.POLLIN)
+        by_fd[sock.fileno()] = (query, sock, server)
 
     def finish(query, answer):
         query.answer = answer
-        poller.unregister(query.socket.fileno())
-        del by_fd[query.socket.fileno()]
-        query.socket.close()
+        for sock in query.sockets:
+            poller.unregister(sock.fileno())
+            del by_fd[sock.fileno()]
+            sock.close()
+        query.sockets = []
 
-    def receive(query):
-        data, source = query.socket.recvfrom(65535)
-        if source[:2] != query.server or data[:2] != query.wire[:2]:
+    def receive(query, sock, server):
+        data, source = sock.recvfrom(65535)
+        if source[:2] != server or data[:2] != query.wire[:2]:
             return  # not our answer: wait for the real one
+        query.server = server
         try:
             response = dns.message.from_wire(data, question_only=False)
             if response.flags & 0x0200:  # TC: ask again over TCP
@@ -258,20 +260,20 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
             now = clock()
             if now >= deadline:
                 break
-            for query in list(by_fd.values()):
-                if now - query.sent >= retry * (2 ** (query.attempt // len(server_list))):
+            for query in {id(q): q for q, _, _ in by_fd.values()}.values():
+                if now - query.sent >= retry * 2 ** ((query.attempt - 1) // len(server_list)):
                     send(query)
             wait = min(deadline - now, retry)
             for fd, _ in poller.poll(wait * 1000):
-                query = by_fd.get(fd)
-                if query is not None:
+                entry = by_fd.get(fd)
+                if entry is not None:
                     try:
-                        receive(query)
+                        receive(*entry)
                     except OSError:  # ICMP unreachable and the like
                         pass
     finally:
-        for query in list(by_fd.values()):
-            query.socket.close()
+        for _, sock, _ in by_fd.values():
+            sock.close()
     for i, query in queries:
         answers[i] = query.answer or Answer(error=query.failure)
     return answers

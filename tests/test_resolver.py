@@ -134,6 +134,16 @@ class TestLookup:
         assert answers[:5] == [Answer([])] * 5 and answers[5] == Answer(error="timeout")
         assert took < 5 * 0.4  # sequential slow answers alone would take 2 s
 
+    def test_late_answer_to_a_first_attempt_counts(self):
+        """An answer slower than the retry interval is taken even after the question was sent again."""
+        with DNSServer({"x.late.test": [("A", "127.0.0.3")]}, {"late.test": 0.7}) as late:
+            start = time.monotonic()
+            answers = resolver.lookup([("x.late.test", "A")], [("127.0.0.1", late.port)], 1.5)
+            took = time.monotonic() - start
+        assert answers == [Answer(["127.0.0.3"])]
+        assert took < 1.2  # the second attempt's answer would come at 0.5 + 0.7 s at best
+        assert late.questions.count(("x.late.test", "A")) == 2
+
     def test_next_server_after_failure(self, server):
         """A SERVFAIL from the first server sends the question to the next one."""
         with DNSServer(behaviour={"test": "servfail"}) as bad:
