@@ -13,9 +13,9 @@ The timers (this is the one place they are defined):
               lifetime seconds after its last accepted connection; every
               accepted connection starts the lifetime anew.
 
-A store offers check(key, now) -> State as one atomic step on the connection
-path (and passed(key, now), the refresh of a passed key alone), and allow,
-deny, forget, peek, items and purge for the command line and cron.  State.status is one of:
+A store (a subclass of Store) offers check(key, now) -> State as one atomic
+step on the connection path, and passed, peek, allow, deny, forget, items and
+purge; keys are text.  State.status is one of:
 
     new    unknown (or forgotten) until now, first seen now: defer
     wait   seen before, the delay is not over: defer, State.left seconds to go
@@ -75,6 +75,45 @@ class StoreError(Exception):
     """The store cannot be read or written; the message says what failed."""
 
 
+class Store:
+    """The interface every store implements; times are seconds since the epoch."""
+
+    def __init__(self, where, timers=None):
+        self.timers = timers or Timers()
+
+    def check(self, key, now):
+        """Apply the timers to key at time now in one atomic step; return its State."""
+        raise NotImplementedError
+
+    def passed(self, key, now):
+        """Refresh key and return True if it passed and is alive; else change nothing."""
+        raise NotImplementedError
+
+    def peek(self, key, now):
+        """Return the State check would return, changing nothing."""
+        raise NotImplementedError
+
+    def allow(self, key, now):
+        """Let key pass from now on, for one lifetime."""
+        raise NotImplementedError
+
+    def deny(self, key, now):
+        """Take key's pass away: it is greylisted anew from now."""
+        raise NotImplementedError
+
+    def forget(self, key, now):
+        """Remove everything the store knows about key."""
+        raise NotImplementedError
+
+    def items(self, now):
+        """Yield (key, State) for every live key, each once."""
+        raise NotImplementedError
+
+    def purge(self, now):
+        """Remove dead state, safely while connections are served (a no-op where it expires alone)."""
+        raise NotImplementedError
+
+
 # Bytes kept as they are in file names; every other byte is written %XX.
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+,:")
 _LONG = 200
@@ -107,7 +146,7 @@ def key_of(name):
     return raw.decode("utf-8", "surrogateescape")
 
 
-class DirStore:
+class DirStore(Store):
     """Greylist state in a directory, safe for many concurrent connections.
 
     Layout:
@@ -126,8 +165,8 @@ class DirStore:
     """
 
     def __init__(self, root, timers=None):
+        super().__init__(root, timers)
         self.root = root
-        self.timers = timers or Timers()
 
     # --- paths --------------------------------------------------------------
 

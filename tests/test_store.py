@@ -26,8 +26,18 @@ def replay(s, key, steps):
     return [s.check(key, T0 + offset).status for offset in steps]
 
 
+@pytest.fixture
+def greystore(tmp_path):
+    """Factory: greystore(**timers) -> an empty DirStore.
+
+    TestTimers is written against the Store interface only: the tests of
+    another store subclass it and override this fixture.
+    """
+    return lambda **timers: make(tmp_path, **timers)
+
+
 class TestTimers:
-    """Tests for the three timers as DirStore.check applies them."""
+    """Tests for the three timers as a store's check applies them."""
 
     @pytest.mark.parametrize(
         "steps, expected",
@@ -49,41 +59,41 @@ class TestTimers:
             ([0, DELAY, DELAY + LIFE - 1, DELAY + 2 * LIFE - 1], ["new", "pass", "known", "new"]),
         ],
     )
-    def test_sequence(self, tmp_path, steps, expected):
+    def test_sequence(self, greystore, steps, expected):
         """Each timer edge gives the status the timer rules promise."""
-        assert replay(make(tmp_path), "192.0.2.0/24", steps) == expected
+        assert replay(greystore(), "192.0.2.0/24", steps) == expected
 
-    def test_early_retry_keeps_clock(self, tmp_path):
+    def test_early_retry_keeps_clock(self, greystore):
         """A retry before the delay reports the time left from the first sight."""
-        s = make(tmp_path)
+        s = greystore()
         s.check("k", T0)
         assert s.check("k", T0 + 120) == State("wait", T0, left=DELAY - 120)
         assert s.check("k", T0 + 200) == State("wait", T0, left=DELAY - 200)
 
-    def test_first_sight_after_ours(self, tmp_path):
+    def test_first_sight_after_ours(self, greystore):
         """A first sight a moment after our clock never makes the wait longer than the delay."""
-        s = make(tmp_path)
+        s = greystore()
         s.check("k", T0 + 2)
         assert s.check("k", T0) == State("wait", T0 + 2, left=DELAY)
 
-    def test_new_reports_delay(self, tmp_path):
+    def test_new_reports_delay(self, greystore):
         """A new key waits the whole delay."""
-        assert make(tmp_path).check("k", T0) == State("new", T0, left=DELAY)
+        assert greystore().check("k", T0) == State("new", T0, left=DELAY)
 
-    def test_pass_reports_first_and_last(self, tmp_path):
+    def test_pass_reports_first_and_last(self, greystore):
         """The first pass reports when the key was first seen and passed."""
-        s = make(tmp_path)
+        s = greystore()
         s.check("k", T0)
         assert s.check("k", T0 + 400) == State("pass", T0, last=T0 + 400)
 
-    def test_zero_delay_passes_second_connection(self, tmp_path):
+    def test_zero_delay_passes_second_connection(self, greystore):
         """With no delay the very next connection passes."""
-        s = make(tmp_path, delay=0)
+        s = greystore(delay=0)
         assert replay(s, "k", [0, 0]) == ["new", "pass"]
 
-    def test_keys_are_independent(self, tmp_path):
+    def test_keys_are_independent(self, greystore):
         """A pass for one key does nothing for another."""
-        s = make(tmp_path)
+        s = greystore()
         replay(s, "a", [0, DELAY])
         assert s.check("b", T0 + DELAY).status == "new"
 
