@@ -630,3 +630,23 @@ class TestEndToEnd:
         assert b"X-Sink-Env: QTOOLS_SUSPECT=rhostcheck:nordns rblcheck:bl.test\r\n" in message
         log = server.log()
         assert "rhostcheck: 127.0.0.2 pid " in log and "rblcheck: 127.0.0.2 pid " in log
+
+    @pytest.mark.parametrize(
+        ("source", "code"), [("127.0.0.8", 451), ("127.0.0.9", 250), ("127.0.0.10", 250)]
+    )
+    def test_rhsbl_on_TCPREMOTEHOST(self, tcpserver, rbldnsd, tmp_path, source, code):
+        """-d asks rbldnsd's dnset about the client's name and its parents; codes filter the answer."""
+        dns = rbldnsd({"dbl.test": ("dnset", ".spam.example :127.0.1.2:\n.tricky.example :127.0.1.255:\n")})
+        maildir = tmp_path / "mail"
+        maildir.mkdir()
+        rules = (
+            '127.0.0.8:allow,TCPREMOTEHOST="mail.spam.example"\n'
+            '127.0.0.9:allow,TCPREMOTEHOST="mail.ham.example"\n'
+            '127.0.0.10:allow,TCPREMOTEHOST="mx.tricky.example"\n'
+        )
+        chain = ["rblcheck", "-d", "dbl.test=127.0.1.[2..99]"] + sink_cmd(maildir)
+        server = tcpserver(chain, env={"QTOOLS_RESOLVER": dns}, rules_text=rules, options=("-H",))
+        got = send(server, source)
+        assert got[0] == code
+        if code == 451:
+            assert got[1] == "your host name mail.spam.example is listed by dbl.test (#4.7.1)"

@@ -262,6 +262,23 @@ class TestTranscripts:
         r = run_prog(["rhostcheck", "sh", "-c", "echo $QTOOLS_SUSPECT"], environ)
         assert r.out == out
 
+    @pytest.mark.parametrize(
+        ("env", "out"),
+        [
+            ({"RHOSTCHECK_KEYWORDS": "mta", "RHOSTCHECK_ENCODINGS": ""}, b"rhostcheck:dynamic\n"),
+            ({"RHOSTCHECK_KEYWORDS": "dsl", "RHOSTCHECK_ENCODINGS": ""}, b"\n"),
+            ({"RHOSTCHECK_KEYWORDS": "", "RHOSTCHECK_ENCODINGS": "dashed"}, b"\n"),
+            ({"RHOSTCHECK_KEYWORDS": "", "RHOSTCHECK_ENCODINGS": "dotted"}, b"rhostcheck:dynamic\n"),
+            ({"RHOSTCHECK_GENERIC": "0"}, b"\n"),
+        ],
+    )
+    def test_generic_settings_per_client(self, env, out):
+        """Keywords, encodings and the generic test itself can be set per client in tcp.smtp."""
+        environ = {"TCPREMOTEIP": "192.0.2.7", "TCPREMOTEHOST": "mta.192.0.2.7.example.net"}
+        environ.update(env)
+        r = run_prog(["rhostcheck", "-g", "-m", "sh", "-c", "echo $QTOOLS_SUSPECT"], environ)
+        assert r.out == out
+
     def test_RHOSTCHECK_text_refuses_permanently(self):
         """$QTOOLS_RHOSTCHECK follows the $RBLSMTPD pattern: a leading - means 553."""
         r = run_prog(["rhostcheck", "echo", "ran"],
