@@ -109,8 +109,9 @@ def sender_of(address):
     """Return the envelope sender as a triplet key uses it.
 
     Lowercase, with what changes from message to message taken out: a BATV
-    tag (prvs=TAG=user), a +ext, and digits (VERP and ezmlm bounce numbers
-    become "#"), so a list's next message finds the same triplet.
+    tag (prvs=TAG=user), the hash and time stamp of an SRS address, a +ext,
+    and digits (VERP and ezmlm bounce numbers become "#"), so a list's next
+    message finds the same triplet.
     """
     from qtools.address import fold, split
 
@@ -118,6 +119,8 @@ def sender_of(address):
     for prefix in (b"prvs=", b"msprvs1="):
         if local.startswith(prefix) and b"=" in local[len(prefix) :]:
             local = local[len(prefix) :].split(b"=", 1)[1]
+    if local[:5] in (b"srs0=", b"srs1=") and local.count(b"=") >= 4:
+        local = b"srs=" + b"=".join(local.rsplit(b"=", 2)[1:])
     if b"+" in local[1:]:
         local = local[: local.index(b"+", 1)]
     out = bytearray()
