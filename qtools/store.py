@@ -205,14 +205,17 @@ class DirStore(Store):
             if st.st_uid != 0:
                 os.chown(path, st.st_uid, st.st_gid)
 
-    def _write(self, path, now, key, hashed):
-        """Create or open path and set its mtime to now."""
-        for _ in range(2):
+    def _write(self, path, now, key, hashed, fresh=False):
+        """Create (a new file if fresh) or open path and set its mtime to now."""
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if fresh else 0)
+        for _ in range(3):
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+                fd = os.open(path, flags, 0o644)
                 break
             except FileNotFoundError:
                 self._mkdirs(path)
+            except FileExistsError:  # left by a crash, maybe linked already
+                self._unlink(path)
             except OSError as error:
                 raise self._fail("create", path, error)
         else:
@@ -233,7 +236,7 @@ class DirStore(Store):
 
         temp = os.path.join(
             os.path.dirname(path), ".tmp.%d.%d" % (os.getpid(), _thread.get_ident()))
-        self._write(temp, now, key, os.path.basename(path).startswith("="))
+        self._write(temp, now, key, os.path.basename(path).startswith("="), fresh=True)
         return temp
 
     def _create(self, path, now, key):
@@ -248,7 +251,9 @@ class DirStore(Store):
             os.link(temp, path)
             return True
         except FileExistsError:
-            return False
+            # Over NFS a link whose reply was lost is retried and fails
+            # with EEXIST although it was made: the link count tells.
+            return os.stat(temp).st_nlink == 2
         except OSError as error:
             raise self._fail("link", temp, error)
         finally:

@@ -306,6 +306,42 @@ def _hammer(root, keys, now, queue):
         queue.put(repr(error))
 
 
+class TestCreation:
+    """Tests for the link-based creation of entries."""
+
+    def test_lost_link_reply(self, tmp_path, monkeypatch):
+        """A link made but answered EEXIST (NFS retry) still counts as ours."""
+        s = make(tmp_path)
+        real = os.link
+
+        def link(src, dst):
+            real(src, dst)
+            raise FileExistsError(17, "File exists")
+
+        monkeypatch.setattr(os, "link", link)
+        assert s.check("k", T0).status == "new"
+        monkeypatch.setattr(os, "link", real)
+        assert s.check("k", T0 + 1) == State("wait", T0, left=DELAY - 1)
+
+    def test_stale_temporary_file(self, tmp_path):
+        """A temporary file left linked by a crash neither blocks nor fakes a creation."""
+        import _thread
+
+        s = make(tmp_path)
+        path = s._path("grey", T0, 0, "k")
+        os.makedirs(os.path.dirname(path))
+        temp = os.path.join(os.path.dirname(path), ".tmp.%d.%d" % (os.getpid(), _thread.get_ident()))
+        open(temp, "w").close()
+        os.link(temp, path + "-elsewhere")
+        assert s._create(path, T0, "k") is True
+        open(temp, "w").close()
+        os.link(temp, path + "-again")
+        # The entry exists now: a creation racing with it must lose.
+        assert s._create(path, T0 + 1, "k") is False
+        assert not os.path.exists(temp)
+        assert os.stat(path).st_mtime == T0
+
+
 class TestConcurrency:
     """Tests for many processes checking the same keys at once."""
 
