@@ -409,6 +409,27 @@ class TestTranscripts:
         assert r.out == b"ran\n"
         assert b"dns.message" not in r.err and len(dns.questions) == before
 
+    @pytest.mark.parametrize(
+        ("options", "reply"),
+        [
+            (["-D", "DENY"], b"451 your address 127.0.0.9 is in my deny list (#4.7.1)"),
+            (["-b", "-D", "DENY"], b"553 your address 127.0.0.9 is in my deny list (#5.7.1)"),
+            (["-D", "DENY", "-b"], b"451 your address 127.0.0.9 is in my deny list (#4.7.1)"),
+        ],
+    )
+    def test_deny_list_follows_b_before_it(self, dns, tmp_path, options, reply):
+        """A -D hit refuses without DNS, permanently when -b came before -D."""
+        deny = mkcdb(tmp_path, "deny.cdb", "127.0.0.0/24\n")
+        argv = ["rblcheck"] + [deny if o == "DENY" else o for o in options] + ["echo", "ran"]
+        r = run_prog(argv, env_for(dns, "127.0.0.9"), b"rcpt to:<x@y>\r\n")
+        assert r.out.splitlines()[1] == reply
+
+    def test_deny_list_line_text_is_the_reply(self, dns, tmp_path):
+        """The text after the network on its line is the reply."""
+        deny = mkcdb(tmp_path, "deny.cdb", "127.0.1.0/24 go away\n")
+        r = run_prog(["rblcheck", "-D", deny, "echo", "ran"], env_for(dns, "127.0.1.9"), b"rcpt to:<x@y>\r\n")
+        assert r.out.splitlines()[1] == b"451 go away"
+
     def test_allow_list_hit_sends_no_query(self, dns, tmp_path):
         """A client in the -A cdb is passed without asking DNS or loading dnspython."""
         allow = mkcdb(tmp_path, "allow.cdb", "127.0.0.0/24\n")
