@@ -112,10 +112,18 @@ class Server:
 
 
 def start_tcpserver(directory, chain_argv, env=None, rules_text=None, options=()):
-    """Start tcpserver on 127.0.0.1 with an ephemeral port; return a Server."""
+    """Start tcpserver on 127.0.0.1 with an ephemeral port; return a Server.
+
+    tcpserver runs with -H unless options ask for -h or -p, and with
+    DNSCACHEIP=127.0.0.1 unless env names another loopback server.
+    """
     if shutil.which("tcpserver") is None:
         pytest.fail("tcpserver is not installed: run make test, which installs ucspi-tcp")
     argv = ["tcpserver", "-v", "-R", "-l", "localhost", "-1"] + list(options)
+    if not {"-h", "-p"} & set(options):
+        argv.append("-H")  # no PTR lookup unless asked for
+    # tcpserver's own lookups (-h, -p) must stay on loopback too.
+    env = dict({"DNSCACHEIP": "127.0.0.1"}, **(env or {}))
     if rules_text is not None:
         rules = os.path.join(str(directory), "rules.cdb")
         subprocess.run(
