@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: ISC
 """Send DNS queries in parallel to the configured servers, with one deadline."""
 
+import os
 import time
 
 RESOLV_CONF = "/etc/resolv.conf"
@@ -124,27 +125,15 @@ def listed(codes, addresses):
     return False
 
 
-def _values(response, rdtype):
-    """Return the answer's records of rdtype as plain values (bytes for TXT)."""
-    values = []
-    for rrset in response.answer:
-        if rrset.rdtype != rdtype:
-            continue
-        for rdata in rrset:
-            if rdtype == 16:  # TXT: the strings of one record, joined
-                values.append(b"".join(rdata.strings))
-            elif rdtype == 12:  # PTR
-                values.append(rdata.target.to_text(omit_final_dot=True).lower())
-            else:
-                values.append(rdata.address)
-    return values
-
-
 def _tcp(wire, server, left):
     """Ask over TCP (after a truncated UDP answer); return the reply bytes."""
-    import socket
+    import _socket
 
-    with socket.create_connection(server, timeout=max(left, 0.001)) as s:
+    family = _socket.AF_INET6 if ":" in server[0] else _socket.AF_INET
+    s = _socket.socket(family, _socket.SOCK_STREAM)
+    try:
+        s.settimeout(max(left, 0.001))
+        s.connect(server)
         s.sendall(len(wire).to_bytes(2, "big") + wire)
         data = b""
         while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
@@ -153,18 +142,18 @@ def _tcp(wire, server, left):
                 raise OSError("connection closed")
             data += chunk
         return data[2 : 2 + int.from_bytes(data[:2], "big")]
+    finally:
+        s.close()
 
 
 class _Query:
     """One question in flight: its socket, its attempts, its answer."""
 
     def __init__(self, name, rdtype_text):
-        import dns.message
-        import dns.rdatatype
+        from qtools import dnswire
 
-        self.rdtype = dns.rdatatype.from_text(rdtype_text)
-        self.message = dns.message.make_query(name, self.rdtype)
-        self.wire = self.message.to_wire()
+        ident = int.from_bytes(os.urandom(2), "big")
+        self.wire = dnswire.make_query(name, rdtype_text, ident)
         self.sockets = []
         self.attempt = 0
         self.server = None
@@ -178,20 +167,19 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
     # next one after a second, and every query ends by the one deadline.
     # NXDOMAIN and no data are an empty Answer; a timeout, a server failure
     # or a malformed reply is an Answer with error set (djb's dns_resolve
-    # counts all three as temporary failures).
+    # counts all three as temporary failures).  Only C modules are imported
+    # here (_socket, select): this runs on the per-connection path.
+    import _socket
     import select
-    import socket
 
-    import dns.exception
-    import dns.message
-    import dns.rcode
+    from qtools import dnswire
 
     deadline = clock() + timeout
     queries, answers = [], [None] * len(questions)
     for i, (name, rdtype) in enumerate(questions):
         try:
             queries.append((i, _Query(name, rdtype)))
-        except (dns.exception.DNSException, ValueError) as error:
+        except ValueError as error:
             answers[i] = Answer(error="bad name: %s" % error)
     poller = select.poll()
     by_fd = {}
@@ -201,10 +189,10 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
         server = server_list[query.attempt % len(server_list)]
         query.attempt += 1
         query.sent = clock()
-        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        family = _socket.AF_INET6 if ":" in server[0] else _socket.AF_INET
         # A fresh socket (a fresh source port) per attempt; earlier ones stay
         # open, so a late answer to an earlier attempt still counts.
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = _socket.socket(family, _socket.SOCK_DGRAM)
         query.sockets.append(sock)
         try:
             sock.sendto(query.wire, server)
@@ -227,27 +215,23 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
             return  # not our answer: wait for the real one
         query.server = server
         try:
-            response = dns.message.from_wire(data, question_only=False)
-            if response.flags & 0x0200:  # TC: ask again over TCP
-                response = dns.message.from_wire(
-                    _tcp(query.wire, query.server, deadline - clock())
-                )
-            if not query.message.is_response(response):
-                raise dns.exception.FormError("reply does not match the question")
-        except (dns.exception.DNSException, OSError, ValueError) as error:
+            rcode, truncated, values = dnswire.parse_reply(data, query.wire)
+            if truncated:  # ask again over TCP
+                data = _tcp(query.wire, query.server, deadline - clock())
+                rcode, _, values = dnswire.parse_reply(data, query.wire)
+        except (OSError, ValueError) as error:
             query.failure = "malformed reply from %s: %s" % (query.server[0], error)
             if query.attempt < len(server_list):
                 send(query)
             else:
                 finish(query, Answer(error=query.failure))
             return
-        rcode = response.rcode()
-        if rcode == dns.rcode.NXDOMAIN:
+        if rcode == dnswire.NXDOMAIN:
             finish(query, Answer())
-        elif rcode == dns.rcode.NOERROR:
-            finish(query, Answer(_values(response, query.rdtype)))
+        elif rcode == dnswire.NOERROR:
+            finish(query, Answer(values))
         else:
-            query.failure = "%s from %s" % (dns.rcode.to_text(rcode), query.server[0])
+            query.failure = "%s from %s" % (dnswire.rcode_text(rcode), query.server[0])
             if query.attempt < len(server_list):
                 send(query)  # another server may know better
             else:
