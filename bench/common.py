@@ -44,6 +44,21 @@ def measure(argv, runs=RUNS, env=None, stdin=None):
     return statistics.median(walls), statistics.median(cpus)
 
 
+def measure_many(cases, runs=RUNS):
+    """Return the median (wall, cpu) seconds of each (argv, env) in cases.
+
+    The cases take turns, run after run, so a change in the load of the
+    machine while the benchmark runs falls on all of them alike.
+    """
+    walls, cpus = [[] for _ in cases], [[] for _ in cases]
+    for _ in range(runs):
+        for i, (argv, env) in enumerate(cases):
+            wall, cpu = measure(argv, 1, env)
+            walls[i].append(wall)
+            cpus[i].append(cpu)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
+
+
 def measure_call(function, runs=RUNS):
     """Return the median wall seconds of calling function() in this process."""
     walls = []
