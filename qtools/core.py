@@ -368,9 +368,10 @@ def chain(prog, argv, environ):
     in this process; raise Die(111) when it cannot be run at all."""
     module = in_process(argv, environ)
     if module is not None:
-        import importlib
-
-        return importlib.import_module(module).main(argv[1:], environ)
+        # __import__, not importlib: the importlib package costs more to
+        # load than the module it would import.
+        __import__(module)
+        return sys.modules[module].main(argv[1:], environ)
     launcher = _launcher
     if launcher is not None:
         return launcher(argv, environ)
@@ -389,7 +390,11 @@ def exec_program(prog, argv, environ):
     # Python ignores SIGPIPE, and an ignored signal stays ignored across
     # execve: give the next program the default back.
     previous = _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    # The PATH search done here: os.execvpe's own loads the warnings module.
+    found = _which(argv[0], environ.get("PATH"))
     try:
+        if found is not None:
+            os.execve(found, argv, environ)
         os.execvpe(argv[0], argv, environ)
     except (OSError, ValueError) as error:
         _signal.signal(_signal.SIGPIPE, previous)  # still us: EPIPE, not death
