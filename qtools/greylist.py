@@ -13,6 +13,7 @@ USAGE = (
     " | -D DIR ip..."
 )
 OVERRIDE = "QTOOLS_GREYLIST"
+STORE = "QTOOLS_GREYLIST_STORE"  # replaces DIR for a connection: tcp.smtp picks the store
 
 # SMTP replies.
 DEFER = "greylisted, try again in %d seconds (#4.7.1)"
@@ -234,8 +235,9 @@ def open_allowlist(path):
 def main(argv, environ):
     """Greylist the connection, or run a command on the store."""
     config, command, rest = parse(argv)
+    where = rest[0] if command is not None else environ.get(STORE) or rest[0]
     try:
-        store = open_store(rest[0], config.timers)
+        store = open_store(where, config.timers)
     except StoreError as error:
         raise core.Die(core.USAGE_EXIT, str(error))
     if command is not None:
@@ -249,6 +251,8 @@ def main(argv, environ):
         return code
     client = core.client(environ)
     verdict = decide(client, environ, config, store, time.time(), open_allowlist(config.allow))
+    if verdict.action != "proxy":
+        store.close()  # no server connection held through the rest of the session
     why = dict(verdict.why)
     if why.get("why") == "failure":
         core.warn(PROG, why["error"])

@@ -113,6 +113,9 @@ class Store:
         """Remove dead state, safely while connections are served (a no-op where it expires alone)."""
         raise NotImplementedError
 
+    def close(self):
+        """Let go of what the store holds open (a connection to a server)."""
+
 
 # Bytes kept as they are in file names; every other byte is written %XX.
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+,:")
