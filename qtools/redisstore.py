@@ -17,9 +17,10 @@ more than a whole connection of the other programs.
 from qtools.store import State, Store, StoreError, waiting
 
 PREFIX = "qtools:greylist:"
-# A connection is never held longer than this, per connect and per reply;
-# the URL's socket_timeout and socket_connect_timeout set other values.
-TIMEOUT = 2.0
+# Seconds to wait for the connection and for the reply: a decision is one
+# connect and one command.  The URL's socket_connect_timeout and
+# socket_timeout set other values.
+TIMEOUT = 1.0
 
 # KEYS[1] the key; ARGV: now, delay, window, lifetime, window ms, lifetime
 # ms, "check" or "passed".  Returns {status, first, last} as text.
@@ -82,11 +83,13 @@ class RedisStore(Store):
             except ImportError as error:
                 raise StoreError("unable to use %s: %s" % (self.name, error))
             self._errors = redis.RedisError
+            # No retries: a Redis that is down costs one timeout, once.
+            options = dict(socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
+                           retry=Retry(NoBackoff(), 0))
+            if int(redis.__version__.split(".")[0]) >= 5:
+                options["protocol"] = 2  # no HELLO: one round trip a decision
             try:
-                # No retries: a Redis that is down costs one timeout, once.
-                self._client = redis.Redis.from_url(
-                    self.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
-                    retry=Retry(NoBackoff(), 0))
+                self._client = redis.Redis.from_url(self.url, **options)
             except (ValueError, TypeError) as error:
                 raise StoreError("invalid store %s: %s" % (self.name, error))
         return self._client
@@ -98,9 +101,12 @@ class RedisStore(Store):
         try:
             return what(*args)
         except self._errors as error:
-            self._down = "unable to use %s: %s" % (self.name, _reason(error))
-            self.close()
-            raise StoreError(self._down)
+            reason = _reason(error)
+        except TypeError as error:  # an option in the URL that redis-py does not know
+            reason = str(error)
+        self._down = "unable to use %s: %s" % (self.name, reason)
+        self.close()
+        raise StoreError(self._down)
 
     def _key(self, key):
         return (PREFIX + key).encode("utf-8", "surrogateescape")

@@ -147,6 +147,23 @@ class TestCommands:
         finally:
             local.stop()
 
+    def test_one_command_a_decision(self, redis):
+        """A decision sends Redis one command, so one reply timeout bounds it."""
+        monitor = redis.connect()
+        monitor.sendall(b"*1\r\n$7\r\nMONITOR\r\n")
+        assert monitor.recv(100) == b"+OK\r\n"
+        s = RedisStore(redis.url)
+        s.check("k", T0)
+        s.close()
+        raw(redis, "PING")  # the end mark
+        seen = b""
+        while b'"PING"' not in seen:
+            seen += monitor.recv(65536)
+        monitor.close()
+        commands = re.findall(rb'\] "(\w+)"', seen)
+        assert commands == [b"EVAL", b"HMGET", b"DEL", b"HSET", b"PEXPIRE", b"PING"]
+        assert seen.count(b"127.0.0.1:") == 2  # EVAL and PING; the rest ran in Lua
+
     def test_open_store(self, redis):
         """open_store sends redis:// and unix:// URLs to the Redis store."""
         opened = store.open_store(redis.url, Timers())
@@ -220,11 +237,20 @@ class TestFailures:
         """Messages show the URL without its password or options."""
         assert describe_url(url) == shown
 
-    def test_bad_url(self):
-        """A URL redis-py cannot parse is a StoreError at first use."""
-        s = RedisStore("redis://127.0.0.1:notaport/0")
-        with pytest.raises(StoreError, match="invalid store"):
+    @pytest.mark.parametrize(
+        "url, message",
+        [
+            ("redis://127.0.0.1:notaport/0", "invalid store redis://127.0.0.1:notaport/0: "),
+            ("redis://127.0.0.1:6379/0?socket_timeout=x", "invalid store redis://127.0.0.1:6379/0: "),
+            ("redis://127.0.0.1:6379/0?timeout=1", "unable to use redis://127.0.0.1:6379/0: "),
+        ],
+    )
+    def test_bad_url(self, url, message):
+        """A URL redis-py cannot parse or use is a StoreError at first use, not a crash."""
+        s = RedisStore(url)
+        with pytest.raises(StoreError) as error:
             s.check("k", T0)
+        assert str(error.value).startswith(message)
 
 
 def _hammer(url, key, now, queue):
