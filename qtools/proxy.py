@@ -66,7 +66,19 @@ IDLE_TIMEOUT = 1200  # qmail-smtpd's timeoutsmtpd default
 TOTAL_TIMEOUT = 3600
 CHILD_GRACE = 5.0  # seconds the child gets to leave after its input closes
 
-_bare_lf = None
+
+
+def bare_lf(data, start, stop):
+    """Return the index of the first LF without a CR before it in data[start:stop], or -1."""
+    # Two counts run at C speed; the loop runs only when there is one.
+    if data.count(b"\n", start, stop) == data.count(b"\r\n", max(0, start - 1), stop):
+        return -1
+    at = data.find(b"\n", start, stop)
+    while at >= 0:
+        if at == 0 or data[at - 1] != 13:
+            return at
+        at = data.find(b"\n", at + 1, stop)
+    return -1
 
 
 class Filter:
@@ -271,16 +283,10 @@ class Engine:
         self.to_server += raw
 
     def _data(self, data):
-        global _bare_lf
-        if _bare_lf is None:
-            import re
-
-            _bare_lf = re.compile(rb"(?<!\r)\n")
         window = self.tail + data
         base = len(self.tail)
         end = window.find(b"\r\n.\r\n")
-        bare = _bare_lf.search(window, base)
-        if bare is not None and (end < 0 or bare.start() < end):
+        if bare_lf(window, base, len(window) if end < 0 else end + 5) >= 0:
             self._log("refuse", (("code", 451), ("why", "barelf")))
             self.data = False
             self.closing = True

@@ -397,6 +397,39 @@ class TestStarttls:
         assert got.endswith(proxy.TLS_SYNTAX) and not engine.tls_pending
 
 
+def slow_bare_lf(data, start, stop):
+    for at in range(start, min(stop, len(data))):
+        if data[at] == 10 and (at == 0 or data[at - 1] != 13):
+            return at
+    return -1
+
+
+class TestBareLf:
+    """Tests for `bare_lf`, the fast stray-newline finder."""
+
+    @pytest.mark.parametrize(
+        "data, start, expected",
+        [
+            (b"\r\nabc\r\n", 0, -1),
+            (b"abc\ndef", 0, 3),
+            (b"\r\n\n", 0, 2),
+            (b"\r\r\n", 0, -1),
+            (b"\n", 0, 0),
+            (b"x\r\nab\n", 2, 5),
+            (b"\r\nab", 2, -1),
+        ],
+    )
+    def test_table(self, data, start, expected):
+        """A LF counts as stray unless a CR comes right before it."""
+        assert proxy.bare_lf(data, start, len(data)) == expected
+
+    @given(st.binary(max_size=60).map(lambda b: b.replace(b"\x00", b"\r").replace(b"\x01", b"\n")),
+           st.integers(min_value=0, max_value=60), st.integers(min_value=0, max_value=60))
+    def test_same_as_byte_by_byte(self, data, start, stop):
+        """bare_lf agrees with a byte-by-byte scan."""
+        assert proxy.bare_lf(data, start, stop) == slow_bare_lf(data, start, stop)
+
+
 # --- random input: the engine and qmail-smtpd never disagree -----------------
 
 PIECES = st.sampled_from([
