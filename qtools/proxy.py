@@ -542,7 +542,8 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
             except OSError:
                 pass
         masks = {}
-        if not client_eof and engine.wants_input():
+        if not client_eof and engine.wants_input() and len(out) < HIGH_WATER:
+            # A client that does not read its replies is not read either.
             masks[infd] = select.POLLIN
         if out:
             masks[outfd] = masks.get(outfd, 0) | OUT

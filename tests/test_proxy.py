@@ -530,6 +530,14 @@ class TestProgram:
         assert b"X-Sink-To: <ok@example.com>" in message and b"no@example.com" not in message
         assert message.endswith(b"Subject: s\r\n\r\nbody\r\n")
 
+    def test_megabyte_command_line(self, tmp_path, vcdb):
+        """A 1 MB command line through the real proxy gets one 500; the backend never sees a byte of it."""
+        raw = tmp_path / "raw"
+        stdin = b"NOOP\r\nRCPT TO:<" + b"y" * (1 << 20) + b">\r\nNOOP\r\nQUIT\r\n"
+        result = run_prog(["validrcptto", sys.executable, HELPER, str(raw)], env_for(vcdb), stdin)
+        assert replies(result.out) == [b"220", b"250", b"500", b"250", b"221"]
+        assert raw.read_bytes() == b"NOOP\r\nNOOP\r\nQUIT\r\n"
+
     def test_sink_bare_lf_dot(self, tmp_path, vcdb):
         """LF . LF inside DATA never ends the message at the sink: the proxy refuses it."""
         maildir = tmp_path / "mail"
