@@ -616,12 +616,12 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
 def spawn(argv, environ):
     """Start argv with environ on a socketpair as its fds 0 and 1; return (pid, our socket)."""
     import _signal
-    import socket
+    import _socket  # the socket module costs more than the rest of a connection
 
     path = core._which(argv[0], environ.get("PATH"))
     if path is None:
-        raise core.Die(core.TEMP_EXIT, "unable to run %s: file does not exist" % argv[0])
-    ours, theirs = socket.socketpair()
+        raise core.Die(core.TEMP_EXIT, "unable to run %s: no such file or directory" % argv[0])
+    ours, theirs = _socket.socketpair()
     try:
         pid = os.posix_spawn(
             path, argv, environ,
