@@ -501,7 +501,11 @@ class _TLS:
     def encrypt(self, engine):
         """Return the bytes to send to the client: the engine's replies once the handshake is done."""
         if self.ready and engine.to_client:
-            self.obj.write(bytes(engine.to_client))
+            try:
+                self.obj.write(bytes(engine.to_client))
+            except self.ssl.SSLError as error:  # the client ended TLS under us
+                core.warn(engine.prog, "TLS failed: %s" % (error.reason or error))
+                engine.abort(b"", "tls")
             del engine.to_client[:]
         return self.outgoing.read()
 

@@ -176,6 +176,15 @@ class TestProgram:
         (message,) = read_maildir(maildir)
         assert b"X-Sink-Env: QTOOLS_SUSPECT=tarpit:pregreet\r\n" in message
 
+    def test_override_refuses(self, maildir):
+        """$QTOOLS_TARPIT with text refuses the client in the rblsmtpd-style conversation."""
+        env = {"TCPREMOTEIP": "192.0.2.7", "QTOOLS_TARPIT": "-go away"}
+        result = run_prog(["tarpit"] + sink_cmd(maildir), env,
+                          b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nQUIT\r\n")
+        assert result.rc == 0
+        assert codes(result.out) == [b"220", b"250", b"250", b"553", b"221"]
+        assert b"553 go away\r\n" in result.out
+
     def test_invalid_variable(self, maildir):
         """A TARPITDELAY that is not a number is a permanent misconfiguration."""
         env = {"TCPREMOTEIP": "192.0.2.7", "TARPITDELAY": "5s"}

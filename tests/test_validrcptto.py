@@ -315,6 +315,15 @@ class TestEndToEnd:
         with pytest.raises(smtplib.SMTPServerDisconnected):
             smtp.noop()
 
+    def test_limit_hang_up_swaks(self, tcpserver, maildir, vcdb):
+        """swaks guessing addresses hears 421 at the limit and the server hangs up."""
+        server = tcpserver(["validrcptto"] + sink_cmd(maildir),
+                           env={"VALIDRCPTTO_CDB": vcdb, "VALIDRCPTTO_LIMIT": "2"})
+        out = swaks(server, "guess1@example.com,guess2@example.com,joe@example.com")
+        assert "<** 553 sorry" in out
+        assert "<** 421 too many invalid addresses, goodbye (#4.3.0)" in out
+        assert "354" not in out and read_maildir(maildir) == []
+
     def test_pipelined_swaks(self, tcpserver, maildir, vcdb):
         """swaks --pipeline with a refused recipient in the middle still delivers to the others."""
         server = tcpserver(["validrcptto"] + sink_cmd(maildir), env={"VALIDRCPTTO_CDB": vcdb})
