@@ -204,5 +204,5 @@ def _reason(error):
         return strerror(cause)
     if type(error).__name__ == "TimeoutError" or "timeout" in str(error).lower():
         return "timed out"
-    text = clean(str(error)) or type(error).__name__
+    text = clean(str(error).split(". script:")[0]) or type(error).__name__
     return text[:1].lower() + text[1:]
