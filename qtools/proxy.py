@@ -242,6 +242,8 @@ class Engine:
                 core.warn(prog, "filter failed: %s: %s" % (type(error).__name__, error))
                 reply = None
             if reply is not None:
+                if not reply.endswith(b"\n"):
+                    reply += b"\r\n"  # a reply without its end would hang the client
                 self._local(verb, reply)
                 return
         if verb == b"mail":
@@ -370,7 +372,8 @@ class Engine:
             entry.ready_at = max(self.clock(), self.held) + session.delay
             self.held = entry.ready_at
         entry.reply = b"".join(lines)
-        entry.close = code == b"421"
+        # 421 closes; so does the 221 to QUIT, even if the backend stays.
+        entry.close = code == b"421" or (verb == b"quit" and code == b"221")
         if verb == b"quit" and code != b"221":
             self.blocked = False
         if verb == b"data":
@@ -402,7 +405,7 @@ class Engine:
             self.to_client += head.reply
             if head.close:
                 self.closing = True
-                self.why = "421"
+                self.why = "421" if head.reply[:3] == b"421" else "eof"
             elif head.starttls:
                 self.tls_pending = True
                 return

@@ -308,6 +308,22 @@ class TestReplies:
         converse(engine, FakeQmail(), [b"RSET\r\n"])
         assert (session.mail_from, session.rcpts) == (None, [])
 
+    def test_quit_closes(self):
+        """The 221 to QUIT closes the connection even if the backend stays."""
+        engine, _ = make()
+        got = converse(engine, FakeQmail(), [b"QUIT\r\nNOOP\r\n"])
+        assert got.endswith(b"221 fake.local\r\n") and engine.closing and engine.why == "eof"
+
+    def test_reply_without_line_end(self):
+        """A filter reply without CR LF gets one, so the client is not left waiting."""
+        class Terse(proxy.Filter):
+            def command(self, session, verb, line):
+                return b"550 no"
+
+        engine, _ = make([("terse", Terse())])
+        got = converse(engine, FakeQmail(), [b"NOOP\r\n"])
+        assert got.endswith(b"550 no\r\n")
+
     def test_refused_mail_clears_sender(self):
         """A MAIL the backend refuses leaves no sender in the session."""
         backend = FakeQmail(answers={b"mail": b"553 no (#5.7.1)\r\n"})
