@@ -3,15 +3,16 @@
 
 One Redis hash per key, named PREFIX + key, with the field "first" (first
 seen, while unproven) and "last" (last accepted connection, once passed),
-times as seconds since the epoch written by the client, so every MX applies
-the timers of store.py to the same numbers.  check is one server-side
+times in seconds since the epoch by the clock of the MX that writes them,
+so every MX applies the timers of store.py to the same numbers.  check is one server-side
 script: it reads, decides and writes in one atomic step, so two MX hosts
 never race on a key.  Each write sets the key's time to live to the window
 (unproven) or the lifetime (passed): Redis expires dead state alone and
 purge has nothing to do.
 
-redis-py is imported when a store is opened, never before: its import costs
-more than a whole connection of the other programs.
+redis-py is imported at the store's first command, never before: its import
+costs more than a whole connection of the other programs, and clients that
+need no state must not pay it.
 """
 
 from qtools.store import State, Store, StoreError, waiting
