@@ -9,7 +9,7 @@
    store, in decisions per second for the whole.
 3. Whole runs of bin/greylist for a passed client (the cost a connection
    pays, redis-py's import included) against the directory store and a bare
-   interpreter.
+   interpreter, and the import of redis-py alone.
 The redis-server is Debian's, private, on a loopback port.  Every row is
 information: what the shared store costs, not a target to meet.
 """
@@ -150,7 +150,9 @@ def whole_runs(url, root, now):
     ref = measure([greylist, root, "/bin/true"], runs, env)[0]
     bare = measure([sys.executable, "-c", "pass"], runs)[0]
     relay = measure([greylist, url, "/bin/true"], runs, dict(env, RELAYCLIENT=""))[0]
+    imports = measure([sys.executable, "-c", "import redis"], runs)[0]
     return [
+        ("python -c 'import redis' (ms)", imports * 1e3, bare * 1e3, "python -c pass", None, ""),
         ("greylist run, passed client (ms)", ours * 1e3, ref * 1e3, "directory", None, ""),
         ("greylist run, passed client (ms)", ours * 1e3, bare * 1e3, "python -c pass", None, ""),
         ("greylist run, RELAYCLIENT, Redis URL (ms)", relay * 1e3, ref * 1e3, "directory", None, ""),
