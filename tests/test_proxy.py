@@ -625,6 +625,27 @@ class TestProgram:
         assert 0.5 < elapsed < 15
         assert b"end why=timeout" in err
 
+    def test_total_timeout(self, vcdb):
+        """A client that keeps talking is still cut off at the total timeout."""
+        env = env_for(vcdb, QTOOLS_TOTAL_TIMEOUT="2", QTOOLS_IDLE_TIMEOUT="60")
+        argv = [os.path.join(VENV_BIN, "validrcptto"), sys.executable, HELPER, os.devnull]
+        process = subprocess.Popen(argv, env=base_env(env), stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        start = time.monotonic()
+        try:
+            while process.poll() is None and time.monotonic() - start < 20:
+                process.stdin.write(b"NOOP\r\n")
+                process.stdin.flush()
+                time.sleep(0.2)
+        except BrokenPipeError:
+            pass
+        out = process.stdout.read()
+        process.wait(30)
+        elapsed = time.monotonic() - start
+        assert out.endswith(proxy.TIMEOUT) and out.count(b"250 fake.local") >= 3
+        assert 1.5 < elapsed < 20
+        assert b"end why=timeout" in process.stderr.read()
+
     def test_invalid_timeout_variable(self, vcdb):
         """A timeout that is not a number is a usage error."""
         result = run_prog(["validrcptto", "true"], env_for(vcdb, QTOOLS_TOTAL_TIMEOUT="soon"))
