@@ -208,9 +208,12 @@ class TestFailures:
         s.check("warm", T0)  # connected before the pause
         assert raw(redis, "CLIENT", "PAUSE", "3000", "ALL") == b"+OK\r\n"
         start = time.monotonic()
-        with pytest.raises(StoreError, match="timed out"):
-            s.check("k", T0)
-        assert time.monotonic() - start < 2.5
+        try:
+            with pytest.raises(StoreError, match="timed out"):
+                s.check("k", T0)
+            assert time.monotonic() - start < 2.5
+        finally:
+            raw(redis, "CLIENT", "UNPAUSE")
 
     def test_password_never_shown(self, redis):
         """A wrong password is reported without the password."""
@@ -320,7 +323,7 @@ class TestTranscript:
         second = run_prog(argv, {"TCPREMOTEIP": "192.0.2.99"}, SESSION)
         assert (second.rc, second.out) == (0, b"handed on\n")
         assert re.fullmatch(
-            rb"greylist: 192.0.2.99 pid x: pass key=192.0.2.0/24 state=pass age=1\n", second.err)
+            rb"greylist: 192.0.2.99 pid x: pass key=192.0.2.0/24 state=pass age=\d+\n", second.err)
 
     def test_variable_selects_store(self, redis, tmp_path):
         """--- $QTOOLS_GREYLIST_STORE replaces DIR for a connection, not for a command."""
@@ -417,12 +420,12 @@ class TestTwoMX:
         mail_a, mail_b = tmp_path / "a", tmp_path / "b"
         mail_a.mkdir()
         mail_b.mkdir()
-        a = tcpserver(["greylist", "-m", "3", redis.url] + sink_cmd(mail_a))
-        b = tcpserver(["greylist", "-m", "3", redis.url] + sink_cmd(mail_b))
-        assert send(a, "127.0.1.2") == (451, b"greylisted, try again in 3 seconds (#4.7.1)")
+        a = tcpserver(["greylist", "-m", "5", redis.url] + sink_cmd(mail_a))
+        b = tcpserver(["greylist", "-m", "5", redis.url] + sink_cmd(mail_b))
+        assert send(a, "127.0.1.2") == (451, b"greylisted, try again in 5 seconds (#4.7.1)")
         code, text = send(b, "127.0.1.2")
-        assert code == 451 and re.fullmatch(rb"greylisted, try again in [123] seconds \(#4.7.1\)", text)
-        time.sleep(3.5)
+        assert code == 451 and re.fullmatch(rb"greylisted, try again in [1-5] seconds \(#4.7.1\)", text)
+        time.sleep(5.5)
         assert send(b, "127.0.1.3") is None
         assert send(a, "127.0.1.4") is None
         assert len(read_maildir(mail_a)) == len(read_maildir(mail_b)) == 1
