@@ -219,9 +219,14 @@ def write(path, records, tmp=None, writer="auto", mtime_ns=None):
             else:
                 out = open(fd, "wb", closefd=False, buffering=1 << 16)
                 maker = Writer(out)
-            for key, value in records:
-                maker.add(key, value)
-                count += 1
+            # The loop runs in C (starmap drained by a deque); zip pulls
+            # the counter only after a record was added.
+            from collections import deque
+            from itertools import count as counter, starmap
+
+            counted = counter()
+            deque(zip(starmap(maker.add, records), counted), maxlen=0)
+            count = next(counted)
             maker.finish()
             if out is not None:
                 out.close()

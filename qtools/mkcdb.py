@@ -26,6 +26,10 @@ def records(fmt, name, data, report):
     """Return the parsed records of one text; report(message, fatal) hears of problems."""
     from qtools import rules
 
+    if fmt == "a":
+        plain = rules.plain_addresses(data)
+        if plain is not None:
+            return plain
     lines = lines_of(data)
 
     def problem(number, what, fatal):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import BASE_PATH, VENV_BIN, run_prog
-from qtools import cdb, netlist, rules
+from qtools import cdb, mkcdb, netlist, rules
 
 TCPRULES = "/usr/bin/tcprules"
 
@@ -267,6 +267,32 @@ class TestParseAddresses:
         fast = collect(rules.addresses, b"\n".join(lines))
         full = collect(rules.addresses, b"\n".join(b" " + line for line in lines))
         assert fast == full
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(st.text("aZ9.-_@#!~ \t\r\n\xe9", max_size=14), max_size=6),
+           st.booleans())
+    def test_whole_list_path_agrees(self, texts, final_lf):
+        """The whole-text path, when it takes a list, gives what the per-line parse gives."""
+        data = b"\n".join(t.encode("utf-8") for t in texts) + b"\n" * final_lf
+        plain = rules.plain_addresses(data)
+        if plain is not None:
+            assert (list(plain), []) == collect(rules.addresses, b"\n".join(mkcdb.lines_of(data)))
+
+    @pytest.mark.parametrize(
+        "data, taken",
+        [
+            (b"a@x.example\nB@Y.example\n@z.example", True),
+            (b"a@x.example\na@x.example\n", False),
+            (b"a@x.example\n\nb@x.example\n", False),
+            (b"a@x.example\n-b@x.example\n", False),
+            (b"a@b@x.example\nc.example\n", False),
+            (b"a@x..example\n", False),
+            (b"a@x.example \n", False),
+        ],
+    )
+    def test_whole_list_path_taken(self, data, taken):
+        """Bare distinct addresses take the whole-text path; anything else the per-line one."""
+        assert (rules.plain_addresses(data) is not None) == taken
 
     def test_duplicates(self):
         """A repeated key is reported, not fatally, and the first line wins."""
