@@ -52,7 +52,10 @@ def decide(address, cdb, strict=False, trace=None):
         value = cdb.get(key)
         if value is not None:
             if value[:1] == b"-":
-                return core.Verdict("refuse", 553, NOT_LISTED, (("why", "rejected"), ("key", key)))
+                # The text of a "-address text" line is the admin's note:
+                # logged, never told to the client, as in the patch.
+                note = (("note", bytes(value[1:])),) if value[1:] else ()
+                return core.Verdict("refuse", 553, NOT_LISTED, (("why", "rejected"), ("key", key)) + note)
             return core.Verdict("pass", why=(("why", "found"), ("key", key)))
     domain = split(address)[1]
     if strict or not domain or cdb.get(domain) is not None:
