@@ -67,7 +67,6 @@ TOTAL_TIMEOUT = 3600
 CHILD_GRACE = 5.0  # seconds the child gets to leave after its input closes
 
 
-
 def bare_lf(data, start, stop):
     """Return the index of the first LF without a CR before it in data[start:stop], or -1."""
     # Two counts run at C speed; the loop runs only when there is one.
@@ -115,6 +114,7 @@ class Session:
         self.delay = max(self.delay, seconds)
 
     def reset(self):
+        """Forget the transaction: no sender, no recipients."""
         self.mail_from = None
         self.rcpts = []
 

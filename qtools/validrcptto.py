@@ -64,6 +64,7 @@ def decide(address, cdb, strict=False, trace=None):
 
 
 def text(data):
+    """Return bytes from the wire as text for the log."""
     return data.decode("latin-1") if isinstance(data, bytes) else str(data)
 
 
