@@ -141,12 +141,16 @@ def parse(argv, environ):
         elif letter == "d":
             config.greet = core.number(PROG, letter, value)
     for name, attribute in (("TARPITCOUNT", "count"), ("TARPITDELAY", "delay"),
-                            ("GREETDELAY", "greet")):
+                            ("TARPIT_MAX", "max"), ("GREETDELAY", "greet")):
         value = environ.get(name, "")
         if value:
             if not value.isdigit():
                 raise core.Die(core.USAGE_EXIT, "invalid $%s: %s" % (name, core.clean(value)))
             setattr(config, attribute, int(value))
+    for name, attribute in (("TARPIT_GROW", "grow"), ("TARPIT_MARK", "mark")):
+        value = environ.get(name, "")
+        if value:
+            setattr(config, attribute, value not in ("0", "no"))
     return config, rest
 
 

@@ -134,6 +134,25 @@ class TestProgram:
         result = run_prog(["tarpit", "-c", "1", "-t", "0"] + sink_cmd(maildir), env, RCPTS)
         assert b"delay rcpt=3 seconds=0" in result.err and b"rcpt=2" not in result.err
 
+    @pytest.mark.parametrize(
+        "argv, env, expected",
+        [
+            ([], {}, {"count": 0, "delay": 5, "grow": False, "max": 120, "greet": 0, "mark": False}),
+            (["-g", "-k", "-c", "3", "-t", "2", "-m", "9", "-d", "4"], {},
+             {"count": 3, "delay": 2, "grow": True, "max": 9, "greet": 4, "mark": True}),
+            (["-g", "-k", "-c", "3"], {"TARPITCOUNT": "7", "TARPIT_GROW": "0", "TARPIT_MARK": "no",
+                                       "TARPIT_MAX": "60", "GREETDELAY": "2", "TARPITDELAY": "1"},
+             {"count": 7, "delay": 1, "grow": False, "max": 60, "greet": 2, "mark": False}),
+            ([], {"TARPIT_GROW": "1", "TARPIT_MARK": "1", "GREETDELAY": ""},
+             {"count": 0, "delay": 5, "grow": True, "max": 120, "greet": 0, "mark": True}),
+        ],
+    )
+    def test_parse(self, argv, env, expected):
+        """Options give the defaults; the variables set per client in tcp.smtp win."""
+        config, rest = tarpit.parse(argv + ["prog"], env)
+        assert rest == ["prog"]
+        assert {name: getattr(config, name) for name in expected} == expected
+
     def test_refused_rcpts_not_counted(self, maildir, tmp_path):
         """Behind validrcptto, refused recipients are neither counted nor delayed."""
         cdb = tmp_path / "v.cdb"
