@@ -170,12 +170,12 @@ class TestLookup:
         assert resolve([("2.0.0.127.bl.test", "A")]) == [Answer(["127.0.0.2"])]
 
 
-def test_dnspython_is_not_imported_until_a_query():
-    """Importing the resolver and choosing servers does not load dnspython."""
+def test_dnspython_is_never_imported():
+    """Choosing servers and sending a query load neither dnspython nor the socket module."""
     code = (
         "import sys; from qtools import resolver; "
-        "resolver.make({'QTOOLS_RESOLVER': '127.0.0.1:9'}, 1); "
-        "print(any(m == 'dns' or m.startswith('dns.') for m in sys.modules))"
+        "resolver.make({'QTOOLS_RESOLVER': '127.0.0.1:9'}, 0.2)([('x.test', 'A')]); "
+        "print(any(m in ('dns', 'socket') or m.startswith('dns.') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
     assert out == b"False\n"
