@@ -1,9 +1,7 @@
 # SPDX-License-Identifier: ISC
 """Tests for `qtools.validrcptto`, the jms1-compatible recipient check."""
 
-import os
 import subprocess
-import sys
 
 import pytest
 
