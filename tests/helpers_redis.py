@@ -21,7 +21,7 @@ class RedisServer:
         self.unix = os.path.join(self.directory, "redis.sock") if unix else None
         self.port = free_port()
         self.process = None
-        self.start()
+        self.start(tries=5)
 
     @property
     def url(self):
@@ -29,22 +29,33 @@ class RedisServer:
             return "unix://%s?db=0" % self.unix
         return "redis://127.0.0.1:%d/0" % self.port
 
-    def start(self):
-        """Start (or restart, on the same port) and wait until it answers PING."""
+    def start(self, tries=1):
+        """Start (a restart keeps the port) and wait until it answers as itself.
+
+        With tries, a port taken by another program meanwhile is given up
+        for a new one.
+        """
         argv = ["redis-server", "--port", "0" if self.unix else str(self.port),
                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", self.directory, "--daemonize", "no"]
         if self.unix:
             argv += ["--unixsocket", self.unix]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        mine = b"process_id:%d\r\n" % self.process.pid
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if self.command(b"PING") == b"+PONG\r\n":
+                # Another program may have taken the free port first: the
+                # server that answers must be ours.
+                if mine in self.command(b"INFO", b"server"):
                     return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
+        if tries > 1 and not self.unix:
+            self.port = free_port()
+            return self.start(tries - 1)
         pytest.fail("redis-server did not start")
 
     def connect(self):
