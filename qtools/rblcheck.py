@@ -57,15 +57,14 @@ def decide(client, sources, resolve, threshold=1, ov=None, allow=None, deny=None
     """Decide as rblsmtpd does, in argv order, from answers asked all at once."""
     # resolve([(name, type)]) returns one resolver.Answer per question;
     # allow and deny are opened network-list cdbs or None.
-    from qtools import netlist
-    from qtools.resolver import listed as resolver_listed
-
     if client.relay:
         return core.Verdict("pass", why=(("why", "relayclient"),))
     if ov is not None and ov.action == "skip":
         return core.Verdict("skip", why=(("why", "override"),))
     if ov is not None and ov.action == "refuse":
         return core.from_override(ov)
+    if allow is not None or deny is not None:
+        from qtools import netlist
     if allow is not None:
         hit = netlist.lookup(allow, client.packed, client.host)
         if hit:
@@ -76,6 +75,10 @@ def decide(client, sources, resolve, threshold=1, ov=None, allow=None, deny=None
             text = core.clean(hit[1].decode("latin-1")) or DENIED % (client.ip, 5 if deny_bounce else 4)
             why = (("why", "deny"), ("key", hit[0].decode()))
             return _refusal(deny_bounce, False, text, why)
+    if not sources:
+        return core.Verdict("pass")
+    from qtools.resolver import listed as resolver_listed
+
     questions = [s.names(client) for s in sources]
     flat = [q for qs in questions for q in qs]
     answers = iter(resolve(flat) if flat else [])
@@ -143,6 +146,12 @@ def _servers(text):
     return text
 
 
+def _parse_seconds(text):
+    from qtools import resolver
+
+    return resolver.parse_seconds(text)
+
+
 def _variable(environ, name, parse, default):
     text = environ.get(name)
     if not text:
@@ -161,8 +170,6 @@ def _flag(environ, name, default):
 @core.main_of(PROG, USAGE)
 def main(argv, environ):
     """Run prog unless the client is listed; refuse it with the list's text otherwise."""
-    from qtools import resolver
-
     options, rest = core.getopt(argv, "bBcCmMnt:T:S:s:A:D:r:a:l:d:")
     bounce = failclosed = mark = dryrun = False
     timeout, dns_timeout, threshold, servers = 60, DNS_TIMEOUT, 1, None
@@ -179,6 +186,8 @@ def main(argv, environ):
         elif letter == "t":
             timeout = core.number(PROG, letter, value)
         elif letter == "T":
+            from qtools import resolver
+
             dns_timeout = resolver.option_seconds(letter, value)
         elif letter == "s":
             threshold = core.number(PROG, letter, value, low=-1000)
@@ -196,7 +205,7 @@ def main(argv, environ):
     mark = _flag(environ, "RBLCHECK_MARK", mark)
     dryrun = _flag(environ, "RBLCHECK_DRYRUN", dryrun)
     threshold = _variable(environ, "RBLCHECK_THRESHOLD", int, threshold)
-    dns_timeout = _variable(environ, "RBLCHECK_TIMEOUT", resolver.parse_seconds, dns_timeout)
+    dns_timeout = _variable(environ, "RBLCHECK_TIMEOUT", _parse_seconds, dns_timeout)
     client = core.client(environ)
     ov = core.override(environ, "RBLSMTPD")
     if ov.action == "check":
@@ -211,7 +220,12 @@ def main(argv, environ):
                 why = (("why", "localfail"), ("file", path))
                 verdict = core.Verdict("refuse", 451, LOCAL_ERROR, why)
     if verdict is None:
-        resolve = resolver.lazy(environ, servers, dns_timeout)
+        # The resolver module is loaded only when a question is asked.
+        def resolve(questions):
+            from qtools import resolver
+
+            return resolver.lazy(environ, servers, dns_timeout)(questions)
+
         deny_bounce = cdbs.get("D", (0, False))[1]
         verdict = decide(
             client, sources, resolve, threshold, ov, opened.get("A"), opened.get("D"), deny_bounce

@@ -83,8 +83,8 @@ def confirm(client, resolve):
 def decide(client, resolve=None, generic=False, keywords=None, encodings=ENCODINGS,
            exceptions=None, bounce=False, failclosed=False, ov=None):
     """Decide from TCPREMOTEHOST, or from our own lookups when resolve is given."""
-    from qtools import netlist
-
+    if exceptions is not None:
+        from qtools import netlist
     if client.relay:
         return core.Verdict("pass", why=(("why", "relayclient"),))
     if ov is not None and ov.action == "skip":
@@ -139,8 +139,6 @@ def _words(text):
 @core.main_of(PROG, USAGE)
 def main(argv, environ):
     """Run prog when the client has a forward-confirmed, non-generic name; refuse it otherwise."""
-    from qtools import resolver
-
     options, rest = core.getopt(argv, "bBcCmMhHgGk:e:x:t:T:S:")
     opt = dict.fromkeys("bcmhg", False)
     keywords, encodings, exceptions, servers = None, list(ENCODINGS), None, None
@@ -157,8 +155,12 @@ def main(argv, environ):
         elif letter == "t":
             timeout = core.number(PROG, letter, value)
         elif letter == "T":
+            from qtools import resolver
+
             dns_timeout = resolver.option_seconds(letter, value)
         elif letter == "S":
+            from qtools import resolver
+
             servers = value
             try:
                 resolver.parse_servers(value)
@@ -188,6 +190,8 @@ def main(argv, environ):
                 why = (("why", "localfail"), ("file", exceptions))
                 verdict = core.Verdict("refuse", 451, LOCAL_ERROR, why)
         if opt["h"]:
+            from qtools import resolver
+
             resolve = resolver.lazy(environ, servers, dns_timeout)
     if verdict is None:
         verdict = decide(client, resolve, generic, keywords, encodings, reader,
