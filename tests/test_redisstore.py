@@ -335,6 +335,21 @@ class TestTranscript:
         assert re.fullmatch(rb"192\.0\.2\.0/24 wait first=\S+Z left=\d+\n", shown.out)
         assert run_prog(["greylist", "-q", str(tmp_path)], env).out == b""
 
+    def test_password_from_environment(self, redis):
+        """--- a URL with the password in $QTOOLS_GREYLIST_STORE replaces one without it in argv."""
+        assert raw(redis, "CONFIG", "SET", "requirepass", "pw") == b"+OK\r\n"
+        try:
+            argv = ["greylist", redis.url, "echo", "ok"]
+            with_password = redis.url.replace("//", "//:pw@")
+            env = {"TCPREMOTEIP": "192.0.2.7"}
+            without = run_prog(argv, env, SESSION)
+            assert without.out == b"ok\n" and b"why=failure" in without.err
+            result = run_prog(argv, dict(env, QTOOLS_GREYLIST_STORE=with_password), SESSION)
+            assert b"key=192.0.2.0/24 state=new" in result.err
+            assert b"pw" not in without.err + result.err
+        finally:
+            redis.stop()
+
     def test_down_fails_open(self, redis):
         """--- a stopped Redis is warned about and the connection handed on."""
         redis.stop()
