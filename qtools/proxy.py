@@ -31,8 +31,10 @@ The filter contract.  A Filter has two hooks, both optional:
 The session carries client (core.Client), environ, helo, mail_from (the
 address as qmail-smtpd parses it, b"" for the null sender, None outside a
 transaction; set when MAIL is passed, cleared when the backend refuses it),
-rcpts (the recipients the backend accepted), tls, a per-connection dict
-state for filters, log(verdict, fields) and hold(seconds).
+rcpts (the recipients the backend accepted), tls, authenticated (the
+backend answered SMTP AUTH with 235: checks step aside, as for
+RELAYCLIENT), a per-connection dict state for filters, log(verdict,
+fields) and hold(seconds).
 
 The framing is qmail-smtpd's: a command ends at LF, one CR before it is
 dropped for parsing, and the bytes are forwarded exactly as received.  DATA
@@ -100,6 +102,7 @@ class Session:
         self.mail_from = None
         self.rcpts = []
         self.tls = False
+        self.authenticated = False
         self.state = {}
         self.prog = "proxy"
         self.delay = 0
@@ -356,6 +359,8 @@ class Engine:
             session.rcpts.append(parse_path(entry.line))
         elif verb == b".":
             session.reset()
+        if code == b"235":  # only SMTP AUTH answers 235
+            session.authenticated = True
         session.delay = 0
         for prog, each in reversed(self.filters):
             session.prog = prog

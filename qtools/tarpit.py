@@ -109,6 +109,8 @@ class Tarpit:
         return None
 
     def reply(self, session, verb, lines):
+        if session.authenticated:
+            return None
         ok = lines[0][:1] == b"2"
         if verb == b"mail" and ok:
             self.accepted = 0  # the patch resets its count at every MAIL

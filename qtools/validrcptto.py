@@ -80,8 +80,8 @@ class Check(proxy.Filter):
         self.bad = 0
 
     def command(self, session, verb, line):
-        if verb != b"rcpt":
-            return None
+        if verb != b"rcpt" or session.authenticated:
+            return None  # after SMTP AUTH the patch stepped aside too
         address = parse_path(line)
         shown = text(address if address is not None else line)
         if self.refusal is not None:

@@ -324,6 +324,17 @@ class TestReplies:
         got = converse(engine, FakeQmail(), [b"NOOP\r\n"])
         assert got.endswith(b"550 no\r\n")
 
+    def test_auth_success_noted(self):
+        """A 235 from the backend marks the session authenticated; a 535 does not."""
+        backend = FakeQmail(answers={b"auth": b"535 authorization failed (#5.7.0)\r\n"})
+        engine, session = make()
+        converse(engine, backend, [b"AUTH PLAIN AGpvZQBzZWNyZXQ=\r\n"])
+        assert not session.authenticated
+        backend = FakeQmail(answers={b"auth": b"235 ok, go ahead (#2.0.0)\r\n"})
+        engine, session = make()
+        converse(engine, backend, [b"AUTH PLAIN AGpvZQBzZWNyZXQ=\r\n"])
+        assert session.authenticated
+
     def test_refused_mail_clears_sender(self):
         """A MAIL the backend refuses leaves no sender in the session."""
         backend = FakeQmail(answers={b"mail": b"553 no (#5.7.1)\r\n"})

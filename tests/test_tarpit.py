@@ -88,6 +88,15 @@ class TestFilter:
         assert engine.deadline() is None
         assert logs == [("delay", (("rcpt", 2), ("seconds", 7)))]
 
+    def test_authenticated_not_delayed(self):
+        """After SMTP AUTH succeeded, no RCPT is delayed."""
+        logs = []
+        engine = self.engine(logs, lambda: 0.0, count=1, delay=7)
+        engine.server_data(b"220 hi\r\n")
+        engine.client_data(b"AUTH PLAIN AGpvZQBzZWNyZXQ=\r\nMAIL FROM:<a@b>\r\nRCPT TO:<x@y>\r\n")
+        engine.server_data(b"235 ok\r\n250 ok\r\n250 ok\r\n")
+        assert engine.to_client.endswith(b"250 ok\r\n250 ok\r\n") and logs == []
+
 
 def codes(out):
     return [line[:3] for line in out.split(b"\r\n") if line[3:4] == b" "]

@@ -117,6 +117,12 @@ class TestCheck:
         for n in range(50):
             assert check.command(s, b"rcpt", b"RCPT TO:<x%d@example.com>" % n)[:3] == b"553"
 
+    def test_authenticated_steps_aside(self):
+        """After the backend accepted SMTP AUTH, recipients are not checked."""
+        s = session([])
+        s.authenticated = True
+        assert validrcptto.Check(CDB, strict=True).command(s, b"rcpt", b"RCPT TO:<x@far.example>") is None
+
     def test_other_verbs_pass(self):
         """Only RCPT is checked."""
         check = validrcptto.Check(CDB)
