@@ -147,18 +147,26 @@ def override(environ, name):
     return Override("refuse", value)
 
 
+AF_INET = 2  # the same number on every system
+
+
 def parse_ip(text):
     """Return (family, packed bytes) for an IPv4 or IPv6 address, or None.
 
     A v4-mapped IPv6 address (::ffff:192.0.2.1) is returned as IPv4, so a
     client gets the same key whichever socket tcpserver accepted it on.
     """
-    import _socket
-
     text = (text or "").strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
-    family = _socket.AF_INET6 if ":" in text else _socket.AF_INET
+    if ":" not in text:
+        # IPv4 without _socket, whose loading costs more than the rest
+        # of a pass decision.
+        packed = _ipv4(text.split("%", 1)[0])
+        return None if packed is None else (AF_INET, packed)
+    import _socket
+
+    family = _socket.AF_INET6
     try:
         packed = _socket.inet_pton(family, text.split("%", 1)[0])
     except (OSError, ValueError):
@@ -168,12 +176,27 @@ def parse_ip(text):
     return family, packed
 
 
+def _ipv4(text):
+    """Return the 4 bytes of a dotted quad, read as inet_pton reads it, or None."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    for part in parts:
+        if not (part.isdigit() and part.isascii()) or len(part) > 3:
+            return None
+        if len(part) > 1 and part[0] == "0":  # inet_pton refuses leading zeros
+            return None
+    values = [int(part) for part in parts]
+    return bytes(values) if max(values) < 256 else None
+
+
 def format_ip(packed):
     """Return the canonical text of a packed IPv4 or IPv6 address."""
+    if len(packed) == 4:
+        return "%d.%d.%d.%d" % tuple(packed)
     import _socket
 
-    family = _socket.AF_INET if len(packed) == 4 else _socket.AF_INET6
-    return _socket.inet_ntop(family, packed)
+    return _socket.inet_ntop(_socket.AF_INET6, packed)
 
 
 def network(packed, v4_bits=24, v6_bits=64):

@@ -13,6 +13,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import SINK, base_env, run_prog
 
@@ -121,3 +123,24 @@ def test_the_profile_sees_a_heavy_import():
 def test_accepted_message_was_stored(files):
     """The accepted-session case really crossed the proxy and reached the sink."""
     assert os.listdir(files["mail"]), "no message stored: the budget case tested nothing"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.lists(st.integers(0, 999).map(str) | st.text("0123456789\u0661x+", max_size=4),
+             min_size=1, max_size=5).map(".".join),
+    st.ip_addresses(v=4).map(str),
+))
+def test_ipv4_without_socket_agrees_with_inet_pton(text):
+    """core reads a dotted quad without _socket exactly as inet_pton does."""
+    import _socket
+
+    from qtools import core
+
+    try:
+        expected = (_socket.AF_INET, _socket.inet_pton(_socket.AF_INET, text))
+    except OSError:
+        expected = None
+    assert core.parse_ip(text) == expected
+    if expected:
+        assert core.format_ip(expected[1]) == _socket.inet_ntop(_socket.AF_INET, expected[1])
