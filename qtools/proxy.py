@@ -222,7 +222,7 @@ class Engine:
             del cin[: end + 1]
             if self.discarding or end > self.max_line:
                 self.discarding = False
-                self._log("refuse", (("code", 500), ("why", "toolong")))
+                self._log(TOO_LONG[:-2].decode(), (("why", "toolong"),))
                 self._local(b"", TOO_LONG)
                 continue
             line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
@@ -292,7 +292,7 @@ class Engine:
         base = len(self.tail)
         end = window.find(b"\r\n.\r\n")
         if bare_lf(window, base, len(window) if end < 0 else end + 5) >= 0:
-            self._log("refuse", (("code", 451), ("why", "barelf")))
+            self._log(BARE_LF[:-2].decode(), (("why", "barelf"),))
             self.data = False
             self.closing = True
             self.why = "barelf"

@@ -78,7 +78,7 @@ def _refuse_early(verdict, ip):
         said = os.read(0, 512)
     except OSError:
         pass
-    core.log(PROG, ip, "refuse", (("code", 554),) + verdict.why
+    core.log(PROG, ip, verdict.reply, verdict.why
              + (("text", said.decode("latin-1")),))
     try:
         os.write(1, (verdict.reply + "\r\n").encode())

@@ -99,10 +99,10 @@ class Check(proxy.Filter):
         if verdict.code == 553:
             self.bad += 1
             if self.limit and self.bad >= self.limit:
-                session.log("refuse", (("code", 421), ("rcpt", shown), ("why", "limit"),
+                session.log(TOO_MANY, (("rcpt", shown), ("why", "limit"),
                                        ("count", self.bad)))
                 return (TOO_MANY + "\r\n").encode()
-        session.log("refuse", (("code", verdict.code), ("rcpt", shown)) + why)
+        session.log(verdict.reply, (("rcpt", shown),) + why)
         return (verdict.reply + "\r\n").encode("ascii", "replace")
 
 

@@ -190,7 +190,7 @@ class TestProgram:
         env = {"TCPREMOTEIP": "192.0.2.7", "GREETDELAY": "30"}
         result, wall, _ = timed(["tarpit"] + sink_cmd(maildir), env, b"EHLO spammer\r\n")
         assert (result.rc, result.out) == (0, b"554 SMTP protocol violation (#5.5.1)\r\n")
-        assert result.err == (b'tarpit: 192.0.2.7 pid x: refuse code=554 why=pregreet '
+        assert result.err == (b'tarpit: 192.0.2.7 pid x: 554 SMTP protocol violation (#5.5.1) why=pregreet '
                               b'text="EHLO spammer??"\n')
         assert wall < 20  # refused as soon as it spoke, not after the delay
 
@@ -280,7 +280,7 @@ class TestEndToEnd:
         deadline = time.monotonic() + 10
         while "pregreet" not in server.log() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert 'refuse code=554 why=pregreet text="EHLO rude.example??"' in server.log()
+        assert '554 SMTP protocol violation (#5.5.1) why=pregreet text="EHLO rude.example??"' in server.log()
 
     def test_swaks_through_validrcptto_and_tarpit(self, tcpserver, maildir, tmp_path):
         """swaks with four recipients: one refused, the third and fourth accepted ones delayed."""
