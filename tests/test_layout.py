@@ -80,3 +80,47 @@ def test_overview_page_names_every_program():
     for program in PROGRAMS:
         name = re.escape(program).replace("\\-", r"\\?-")
         assert re.search(r"\.BR %s \(8\)" % name, text), program
+
+
+def chain_of_run_script():
+    """Return the chain of examples/run after tcpserver's arguments, as argv."""
+    with open(os.path.join(REPO, "examples", "run")) as f:
+        text = f.read().replace("\\\n", " ")
+    command = [line for line in text.splitlines() if line.startswith("exec ")][0]
+    words = command.split()
+    start = words.index("smtp") + 1
+    end = words.index("2>&1")
+    return words[start:end]
+
+
+def test_example_run_script_chain_is_accepted(tmp_path):
+    """The chain in examples/run parses, and a relay client goes through it all."""
+    from conftest import run_prog
+
+    chain = [w.replace("/var/qmail/greylist", str(tmp_path)) for w in chain_of_run_script()]
+    assert chain[0] == "rhostcheck" and chain[-1] == "/var/qmail/bin/qmail-smtpd"
+    chain[-1] = shutil.which("true")
+    result = run_prog(chain, env={"TCPREMOTEIP": "192.0.2.7", "RELAYCLIENT": ""})
+    assert (result.rc, result.out) == (0, b"")
+    assert b"fatal" not in result.err and b"usage" not in result.err
+
+
+def test_example_tcp_smtp_builds_as_tcprules_builds_it(tmp_path):
+    """examples/tcp.smtp gives the same cdb from qtools-mkcdb and from tcprules."""
+    from conftest import run_prog
+
+    with open(os.path.join(REPO, "examples", "tcp.smtp"), "rb") as f:
+        text = f.read()
+    ours, theirs = tmp_path / "ours.cdb", tmp_path / "theirs.cdb"
+    assert run_prog(["qtools-mkcdb", str(ours), str(ours) + ".tmp"], stdin=text).rc == 0
+    if shutil.which("tcprules") is None:
+        pytest.fail("tcprules is not installed: run make test, which installs ucspi-tcp")
+    subprocess.run(["tcprules", str(theirs), str(theirs) + ".tmp"], input=text, check=True)
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_example_shell_scripts_parse():
+    """The example run scripts and the demo are valid sh."""
+    for name in ("run", "log/run", "demo"):
+        done = subprocess.run(["sh", "-n", os.path.join(REPO, "examples", name)], capture_output=True)
+        assert done.returncode == 0, (name, done.stderr)
