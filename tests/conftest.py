@@ -58,6 +58,26 @@ def run_prog(argv, env=None, stdin=b"", timeout=10):
     return Result(done.returncode, done.stdout, mask_pids(done.stderr))
 
 
+def make_client(ip="192.0.2.7", host=None, relay=False):
+    """Return a core.Client for ip, as core.client() would make it."""
+    from qtools import core
+
+    packed = core.parse_ip(ip)[1]
+    return core.Client(core.format_ip(packed), packed, host=host, relay=relay)
+
+
+def fake_resolver(table):
+    """Return a resolver answering from {(name, type): Answer}; it records the questions."""
+    from qtools.resolver import Answer
+
+    def resolve(questions):
+        resolve.asked.extend(questions)
+        return [table.get(q, Answer()) for q in questions]
+
+    resolve.asked = []
+    return resolve
+
+
 def sink_cmd(maildir):
     """Return the argv of the demo SMTP sink storing messages in maildir."""
     return SINK + [str(maildir)]

@@ -9,7 +9,7 @@ import time
 
 import cdblib
 import pytest
-from conftest import read_maildir, run_prog, sink_cmd, smtp_from
+from conftest import read_maildir, run_prog, sink_cmd, smtp_from, make_client as client
 
 from qtools import core, greylist
 from qtools.cdb import Reader
@@ -17,11 +17,6 @@ from qtools.store import DirStore, State, StoreError, Timers
 
 T0 = 1795305600 + 3 * 3600
 DEFER = "greylisted, try again in %d seconds (#4.7.1)"
-
-
-def client(ip="192.0.2.7", host=None, relay=False):
-    packed = core.parse_ip(ip)[1]
-    return core.Client(core.format_ip(packed), packed, host=host, relay=relay)
 
 
 def config(**changes):

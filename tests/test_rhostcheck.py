@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import read_maildir, run_prog, sink_cmd, smtp_from
+from conftest import read_maildir, run_prog, sink_cmd, smtp_from, make_client as client, fake_resolver as fake
 from qtools import cdb, core, rhostcheck
 from qtools.resolver import Answer
 
@@ -15,22 +15,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dnsserver import DNSServer  # noqa: E402
 
 SESSION = b"helo x\r\nmail from:<a@b>\r\nrcpt to:<c@d>\r\nquit\r\n"
-
-
-def client(ip="192.0.2.7", host=None, relay=False):
-    packed = core.parse_ip(ip)[1]
-    return core.Client(core.format_ip(packed), packed, host=host, relay=relay)
-
-
-def fake(table):
-    """Return a resolver answering from {(name, type): Answer}; it records the questions."""
-
-    def resolve(questions):
-        resolve.asked.extend(questions)
-        return [table.get(q, Answer()) for q in questions]
-
-    resolve.asked = []
-    return resolve
 
 
 def mkcdb(tmp_path, text):
