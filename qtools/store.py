@@ -351,8 +351,9 @@ class DirStore(Store):
                 return State("new", now, left=self.timers.delay)
         state = waiting(first, now, self.timers)
         if state.status == "pass":
-            path = self._path("pass", now, 0, name)
-            self._write(path, now, key, name.startswith("="))
+            # A complete entry renamed into place: a crash never leaves a
+            # pass entry without the key a hashed name keeps inside.
+            self._replace(self._path("pass", now, 0, name), now, key)
         return state
 
     # --- the command line and cron -------------------------------------------
@@ -370,8 +371,7 @@ class DirStore(Store):
 
     def allow(self, key, now):
         """Let key pass from now on, for one lifetime."""
-        name = file_name(key)
-        self._write(self._path("pass", now, 0, name), now, key, name.startswith("="))
+        self._replace(self._path("pass", now, 0, file_name(key)), now, key)
 
     def deny(self, key, now):
         """Take key's pass away: it is greylisted anew from now."""

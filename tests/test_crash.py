@@ -163,3 +163,75 @@ def test_cdb_rebuild(tmp_path, writer, capfd):
         assert set(os.listdir(str(tmp_path))) <= {"validrcptto.cdb", "validrcptto.cdb.tmp"}
     report(capfd, "crash: cdb-rebuild writer=%s kills=%d old-kept=%d new-whole=%d torn=0" % (
         writer, ROUNDS, outcomes["old"], outcomes["new"]))
+
+
+# --- SIGKILL before each file system call of one update -------------------------
+
+CALLS = ("open", "write", "utime", "link", "rename", "unlink", "mkdir", "close")
+SHORT = "192.0.2.0/24"
+HASHED = KEYS[-1]  # stored under a hash: the key is inside the entry
+
+
+def killed_before(k, action):
+    """Run action in a child that SIGKILLs itself before its k-th file system call; return True if it died."""
+    pid = os.fork()
+    if pid == 0:
+        count = [0]
+
+        def wrap(name):
+            real = getattr(os, name)
+
+            def call(*args, **kwargs):
+                count[0] += 1
+                if count[0] == k:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(*args, **kwargs)
+
+            setattr(os, name, call)
+
+        for name in CALLS:
+            wrap(name)
+        try:
+            action()
+        finally:
+            os._exit(0)
+    return os.WIFSIGNALED(os.waitpid(pid, 0)[1])
+
+
+STEPS = {
+    # name: (what the store holds before, the update, what may be seen after a kill)
+    "first-sight": (lambda s, key, now: None, lambda s, key, now: s.check(key, now),
+                    ("new", "wait")),
+    "pass": (lambda s, key, now: s.check(key, now - 2), lambda s, key, now: s.check(key, now),
+             ("pass", "known")),
+    "allow": (lambda s, key, now: None, lambda s, key, now: s.allow(key, now), ("new", "known")),
+    "deny": (lambda s, key, now: s.allow(key, now), lambda s, key, now: s.deny(key, now),
+             ("known", "new", "wait")),  # new: forgotten, greylisted anew all the same
+}
+
+
+@pytest.mark.parametrize("key", [SHORT, HASHED], ids=["short", "hashed"])
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_greylist_kill_points(tmp_path, key, step):
+    """Killed before any one system call of an update, the store shows the key before or after it, and lists it right."""
+    before, update, seen = STEPS[step]
+    k = 0
+    while True:
+        k += 1
+        root = str(tmp_path / ("store%d" % k))
+        os.mkdir(root)
+        store = DirStore(root, Timers(**TIMERS))
+        now = time.time()
+        before(store, key, now)
+        died = killed_before(k, lambda: update(store, key, now))
+        state = store.peek(key, now).status
+        assert state in seen, (k, state)
+        listed = dict(store.items(now))
+        if state == "new":
+            assert listed == {}, k
+        else:
+            assert list(listed) == [key], (k, listed)
+        update(store, key, now)  # what a kill left does not stop the next connection
+        if not died:
+            break
+    assert k > 2  # the update made system calls, and each was a kill point
