@@ -9,6 +9,7 @@ TestHostileReplies).
 """
 
 import os
+import re
 import socket
 import sys
 import time
@@ -50,8 +51,6 @@ def qmail_reads(data):
 
 def valid_replies(out):
     """Return True when out is nothing but complete SMTP reply lines."""
-    import re
-
     return re.fullmatch(rb"(?:[2-5][0-9][0-9][ -][\x20-\x7e]*\r\n)*", out) is not None
 
 

@@ -171,9 +171,6 @@ class Tally:
 class Fds:
     """Run a function with fds 0, 1 and 2 on memory files; give back what went to 1 and 2."""
 
-    def __init__(self):
-        self.saved = None
-
     def run(self, data, function):
         inp, out, err = (os.memfd_create(n) for n in ("in", "out", "err"))
         os.write(inp, data)

@@ -10,8 +10,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
