@@ -212,7 +212,7 @@ STEPS = {
 
 @pytest.mark.parametrize("key", [SHORT, HASHED], ids=["short", "hashed"])
 @pytest.mark.parametrize("step", sorted(STEPS))
-def test_greylist_kill_points(tmp_path, key, step):
+def test_greylist_kill_points(tmp_path, key, step, capfd):
     """Killed before any one system call of an update, the store shows the key before or after it, and lists it right."""
     before, update, seen = STEPS[step]
     k = 0
@@ -235,3 +235,5 @@ def test_greylist_kill_points(tmp_path, key, step):
         if not died:
             break
     assert k > 2  # the update made system calls, and each was a kill point
+    report(capfd, "crash: kill-points update=%s key=%s points=%d" % (
+        step, "hashed" if key == HASHED else "short", k - 1))
