@@ -651,6 +651,32 @@ def spawn(argv, environ):
     return pid, ours
 
 
+def _wait(pid, seconds):
+    """Return waitpid's (pid, status) once the child has ended, or (0, 0) after seconds."""
+    # A pidfd wakes us the moment the child ends; without one (old kernel,
+    # other system) waitpid is polled, never in a busy loop.
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        import select
+
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(seconds * 1000)
+        finally:
+            os.close(fd)
+        return os.waitpid(pid, os.WNOHANG)
+    deadline = time.monotonic() + seconds
+    while True:
+        done = os.waitpid(pid, os.WNOHANG)
+        if done[0] or time.monotonic() >= deadline:
+            return done
+        time.sleep(0.02)
+
+
 def reap(pid, grace=CHILD_GRACE):
     """Wait for the child, ending it if it stays; return (exit code or -signal, ended by us)."""
     import _signal
@@ -661,14 +687,9 @@ def reap(pid, grace=CHILD_GRACE):
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + (wait or 0)
-        while True:
-            done, status = os.waitpid(pid, 0 if wait is None else os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status), sig is not None
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.02)  # a poll, never a busy wait
+        done, status = os.waitpid(pid, 0) if wait is None else _wait(pid, wait)
+        if done:
+            return os.waitstatus_to_exitcode(status), sig is not None
     return -9, True
 
 

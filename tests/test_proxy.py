@@ -457,6 +457,46 @@ class TestBareLf:
         assert proxy.bare_lf(data, start, stop) == slow_bare_lf(data, start, stop)
 
 
+class TestReap:
+    """Tests for `reap`: the child's status as soon as it ends, and an end to a child that stays."""
+
+    @pytest.fixture(params=["pidfd", "polled"])
+    def waiting(self, request, monkeypatch):
+        """Run each test with a pidfd and with the waitpid poll that stands in without one."""
+        if request.param == "polled":
+            monkeypatch.delattr(os, "pidfd_open", raising=False)
+        return request.param
+
+    @pytest.mark.parametrize(("script", "expected"), [("exit 3", (3, False)), ("kill -USR1 $$", (-10, False))])
+    def test_status(self, waiting, script, expected):
+        """An exit code, or minus the signal that ended the child, and not ended by us."""
+        child = subprocess.Popen(["sh", "-c", "sleep 0.2; " + script])
+        assert proxy.reap(child.pid, grace=30) == expected
+
+    def test_returns_when_the_child_ends(self, waiting):
+        """The grace time is an upper bound, not a wait."""
+        child = subprocess.Popen(["sh", "-c", "sleep 0.2"])
+        start = time.monotonic()
+        assert proxy.reap(child.pid, grace=30) == (0, False)
+        assert time.monotonic() - start < 10
+
+    def test_a_child_that_stays_is_terminated(self, waiting):
+        """After the grace time the child gets SIGTERM, and the status says we ended it."""
+        child = subprocess.Popen(["sleep", "60"])
+        start = time.monotonic()
+        assert proxy.reap(child.pid, grace=0.3) == (-15, True)
+        assert time.monotonic() - start < 10
+
+    def test_pidfd_wait_ends_at_the_time_limit(self):
+        """_wait gives (0, 0) for a child still running when its time is up."""
+        child = subprocess.Popen(["sleep", "60"])
+        try:
+            assert proxy._wait(child.pid, 0.2) == (0, 0)
+        finally:
+            child.kill()
+            child.wait()
+
+
 # --- random input: the engine and qmail-smtpd never disagree -----------------
 
 PIECES = st.sampled_from([
