@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: ISC
 """validrcptto: refuse recipients missing from a validrcptto.cdb, as the jms1 patch does."""
 
-from qtools import core, proxy
+from qtools import core
 from qtools.address import fold, is_postmaster, is_probe, parse_path, split
 
 PROG = "validrcptto"
@@ -68,7 +68,7 @@ def text(data):
     return data.decode("latin-1") if isinstance(data, bytes) else str(data)
 
 
-class Check(proxy.Filter):
+class Check:
     """The RCPT filter: answer invalid recipients, hang up after limit of them."""
 
     def __init__(self, cdb, strict=False, limit=LIMIT, level=0, refusal=None):
@@ -78,6 +78,9 @@ class Check(proxy.Filter):
         self.level = level
         self.refusal = refusal  # a fixed refusal: the override, or unreadable cdb
         self.bad = 0
+
+    def reply(self, session, verb, lines):
+        return None
 
     def command(self, session, verb, line):
         if verb != b"rcpt" or session.authenticated:
@@ -149,4 +152,8 @@ def main(argv, environ):
             if "t" not in letters:
                 return core.chain(PROG, rest, environ)
             check.refusal = core.Verdict("refuse", 451, NO_CONTROLS[4:], (("why", "failure"),))
+    # The proxy is loaded here, not at the top: a client that skips the
+    # check (RELAYCLIENT, the override) never pays for it.
+    from qtools import proxy
+
     return proxy.add_filter(PROG, check, rest, environ)
