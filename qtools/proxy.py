@@ -56,6 +56,7 @@ UNIMPLEMENTED = b"502 unimplemented (#5.5.1)\r\n"
 TLS_SYNTAX = b"501 syntax error, STARTTLS takes no parameters (#5.5.4)\r\n"
 TLS_READY = b"220 ready to start TLS\r\n"
 TIMEOUT = b"421 timeout, closing connection (#4.4.2)\r\n"
+BACKEND_GONE = b"421 the mail server went away, closing connection (#4.3.0)\r\n"
 
 # EHLO keywords the proxy never lets through from the backend: it does not
 # convert BDAT, and a backend's STARTTLS would make it a blind relay.
@@ -316,12 +317,12 @@ class Engine:
         """Take bytes from the backend (b"" at end of file)."""
         if not data:
             self.server_eof = True
-            if self.sin:
-                self.lines.append(bytes(self.sin))
+            if self.sin or self.lines:
+                # The backend died in the middle of a reply: say so in a
+                # whole line of our own rather than pass on half of one.
                 del self.sin[:]
-            if self.lines:
-                lines, self.lines = self.lines, []
-                self._reply(lines)
+                self.lines = []
+                self._reply([BACKEND_GONE])
             # What the backend never answered stays unanswered; what it
             # did answer still goes out in turn, held replies included.
             self.queue = [entry for entry in self.queue if entry.reply is not None]

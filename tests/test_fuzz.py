@@ -19,6 +19,9 @@ In-process targets (the bulk):
   proxy-qmail
       the engine without a refusing filter, against qmail-smtpd fed the
       same bytes directly: both must parse the same commands and messages.
+  proxy-backend
+      the engine in front of a qmail-smtpd that sends replies unasked,
+      says 421 on its own or dies at any byte of its replies.
 
 Real processes: the installed programs on socketpairs, fed the same kind of
 sessions in random chunks, drip-fed byte by byte (slowloris) or half-closed,
@@ -409,6 +412,76 @@ def test_proxy_same_as_qmail(tmp_path, capfd):
         tally.bytes += len(data)
         tally.replies += len(lines)
     tally.report(capfd)
+
+
+class Dying(FakeQmail):
+    """qmail-smtpd as it may behave on a bad day: extra replies, a 421 on its own, death at any byte."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.rng = rng
+        self.unfinished = False
+
+    def feed(self, data):
+        replies = super().feed(data)
+        roll = self.rng.random()
+        if roll < 0.03:
+            replies += b"250-unasked\r\n250 reply\r\n"
+        elif roll < 0.05:
+            replies += b"421 fake.local timeout (#4.4.2)\r\n"
+            self.dead = True
+        elif roll < 0.08 and replies:
+            # Killed in the middle of writing: part of its replies, then EOF.
+            replies = replies[: self.rng.randrange(len(replies))]
+            last = replies[replies.rfind(b"\n", 0, len(replies) - 1) + 1 :]
+            self.unfinished = bool(replies) and (not replies.endswith(b"\n") or last[3:4] == b"-")
+            self.dead = True
+        return replies
+
+
+def test_proxy_dying_backend(capfd):
+    """A backend that says too much, closes with 421 or dies mid-reply: valid replies only, and the session ends."""
+    rng = random.Random("%s proxy-backend" % SEED)
+    tally = Tally("proxy-backend")
+    for n in range(SESSIONS):
+        data, how = session(rng)
+        clock = Clock()
+        engine = proxy.Engine([("recorder", Recorder())],
+                              proxy.Session(core.client({"TCPREMOTEIP": "192.0.2.7"}), {},
+                                            logger=lambda *a: None), clock=clock)
+        backend = Dying(rng)
+        got = drive(engine, backend, chunks(rng, data, how), clock)
+        if not engine.server_eof:
+            engine.server_data(b"")  # the client left; the backend goes too
+            got += bytes(engine.to_client)
+            del engine.to_client[:]
+        assert engine.finished(), n
+        lines = reply_lines(got)
+        if backend.unfinished:
+            # Unless the client had heard the last word already (221 to QUIT).
+            assert got.endswith(proxy.BACKEND_GONE) or got.endswith(b"221 fake.local\r\n"), n
+            tally.add("cut")
+        tally.add("died", backend.dead)
+        tally.sessions += 1
+        tally.bytes += len(data)
+        tally.replies += len(lines)
+    tally.report(capfd)
+
+
+EHLO_REPLY = b"250-fake.local\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+
+
+@pytest.mark.parametrize("at", [1, 3, 4, 10, 15, 16, 30, 45, len(EHLO_REPLY) - 1])
+def test_backend_cut_mid_reply(at):
+    """A reply cut by the backend's death becomes one whole 421 line of the proxy's."""
+    engine = proxy.Engine([], proxy.Session(core.client({"TCPREMOTEIP": "192.0.2.7"}), {},
+                                            logger=lambda *a: None))
+    engine.server_data(b"220 fake.local\r\n")
+    engine.client_data(b"EHLO x\r\n")
+    engine.server_data(EHLO_REPLY[:at])
+    engine.server_data(b"")
+    assert bytes(engine.to_client) == b"220 fake.local\r\n" + proxy.BACKEND_GONE
+    assert engine.finished()
 
 
 # --- real processes ---------------------------------------------------------------
