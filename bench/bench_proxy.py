@@ -20,7 +20,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import REPO, VENV_BIN, measure, table  # noqa: E402
+from common import REPO, RUNS, VENV_BIN, measure_many, table  # noqa: E402
 
 MB = int(os.environ.get("BENCH_MB", "10"))
 SINK = [sys.executable, os.path.join(REPO, "examples", "smtpsink")]
@@ -86,11 +86,11 @@ def main():
         }
         chain = [os.path.join(VENV_BIN, "validrcptto"), "tarpit"]
         sink = SINK + [maildir]
-        direct = measure(sink, env=env, stdin=session)
-        proxied = measure(chain + sink, env=env, stdin=session)
         swallow = [sys.executable, "-S", "-c", SWALLOW]
-        bare = measure(swallow, env=env, stdin=session)
-        through = measure(chain + swallow, env=env, stdin=session)
+        # In turns, so that a change in the machine's load falls on all four.
+        direct, proxied, bare, through = measure_many(
+            [(argv, env, session) for argv in (sink, chain + sink, swallow, chain + swallow)],
+            RUNS)
         stored = len(os.listdir(maildir))
     if stored == 0:
         print("bench_proxy: no message was stored: the chain is broken")

@@ -45,15 +45,15 @@ def measure(argv, runs=RUNS, env=None, stdin=None):
 
 
 def measure_many(cases, runs=RUNS):
-    """Return the median (wall, cpu) seconds of each (argv, env) in cases.
+    """Return the median (wall, cpu) seconds of each (argv, env[, stdin]) in cases.
 
     The cases take turns, run after run, so a change in the load of the
     machine while the benchmark runs falls on all of them alike.
     """
     walls, cpus = [[] for _ in cases], [[] for _ in cases]
     for _ in range(runs):
-        for i, (argv, env) in enumerate(cases):
-            wall, cpu = measure(argv, 1, env)
+        for i, case in enumerate(cases):
+            wall, cpu = measure(case[0], 1, *case[1:])
             walls[i].append(wall)
             cpus[i].append(cpu)
     return [(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
