@@ -6,11 +6,11 @@ DESTDIR ?=
 MANDIR ?= $(PREFIX)/share/man
 PROGRAMS = greylist rblcheck rhostcheck tarpit validrcptto qtools-mkcdb
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
-DEBS = ucspi-tcp rbldnsd swaks redis-server mandoc freecdb
+DEBS = ucspi-tcp rbldnsd swaks redis-server mandoc freecdb daemontools
 
 VPY = $(VENV)/bin/python
 
-.PHONY: all test check demo bench fuzz install debs venv clean
+.PHONY: all test check demo bench fuzz load install debs venv clean
 
 all: venv
 
@@ -46,7 +46,10 @@ bench: debs venv
 	$(VPY) bench/run.py
 
 fuzz: debs venv
-	QTOOLS_FUZZ_SESSIONS=100000 $(VPY) -m pytest -q tests/test_fuzz.py
+	QTOOLS_FUZZ_SESSIONS=100000 QTOOLS_CRASH_ROUNDS=100 $(VPY) -m pytest -q tests/test_fuzz.py tests/test_attacks.py tests/test_crash.py
+
+load: debs venv
+	QTOOLS_LOAD_CONNECTIONS=5000 $(VPY) -m pytest -q tests/e2e/test_load.py
 
 install:
 	$(PYTHON) -m pip install --no-deps --prefix '$(PREFIX)' $(if $(DESTDIR),--root '$(DESTDIR)') .
