@@ -12,7 +12,6 @@ and the tcprules format are reported only.
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 

@@ -269,3 +269,14 @@ def _sync_directory(path):
         pass
     finally:
         os.close(fd)
+
+
+def open_or_warn(path, prog):
+    """Return a Reader for path, or None after "prog: warning: unable to open path: ..."."""
+    from qtools import core
+
+    try:
+        return Reader(path)
+    except OSError as error:
+        core.warn(prog, "unable to open %s: %s" % (path, core.strerror(error)))
+        return None

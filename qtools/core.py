@@ -263,6 +263,12 @@ def client(environ):
     )
 
 
+def flag(environ, name, default):
+    """Return $name as a yes/no switch: unset or empty gives default, "0" or "no" False."""
+    value = environ.get(name)
+    return default if value is None or value == "" else value not in ("0", "no")
+
+
 MARK_VARIABLE = "QTOOLS_SUSPECT"
 
 

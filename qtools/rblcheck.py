@@ -125,27 +125,6 @@ def decide(client, sources, resolve, threshold=1, ov=None, allow=None, deny=None
     return core.Verdict("pass", why=why)
 
 
-def open_cdb(path, prog):
-    """Return a cdb Reader for path, or None after a warning when it cannot be opened."""
-    from qtools import cdb
-
-    try:
-        return cdb.Reader(path)
-    except OSError as error:
-        core.warn(prog, "unable to open %s: %s" % (path, core.strerror(error)))
-        return None
-
-
-def _servers(text):
-    from qtools import resolver
-
-    try:
-        resolver.parse_servers(text)
-    except ValueError as error:
-        raise core.Usage("invalid value for -S: %s" % error)
-    return text
-
-
 def _parse_seconds(text):
     from qtools import resolver
 
@@ -160,11 +139,6 @@ def _variable(environ, name, parse, default):
         return parse(text)
     except ValueError:
         raise core.Die(core.USAGE_EXIT, "invalid $%s: %s" % (name, core.clean(text)))
-
-
-def _flag(environ, name, default):
-    value = environ.get(name)
-    return default if value is None or value == "" else value not in ("0", "no")
 
 
 @core.main_of(PROG, USAGE)
@@ -192,7 +166,9 @@ def main(argv, environ):
         elif letter == "s":
             threshold = core.number(PROG, letter, value, low=-1000)
         elif letter == "S":
-            servers = _servers(value)
+            from qtools import resolver
+
+            servers = resolver.option_servers(letter, value)
         elif letter in "AD":
             cdbs[letter] = (value, bounce, failclosed)
         else:
@@ -202,8 +178,8 @@ def main(argv, environ):
                 raise core.Usage("invalid list for -%s: %s" % (letter, value))
     if not rest:
         raise core.Usage("")
-    mark = _flag(environ, "RBLCHECK_MARK", mark)
-    dryrun = _flag(environ, "RBLCHECK_DRYRUN", dryrun)
+    mark = core.flag(environ, "RBLCHECK_MARK", mark)
+    dryrun = core.flag(environ, "RBLCHECK_DRYRUN", dryrun)
     threshold = _variable(environ, "RBLCHECK_THRESHOLD", int, threshold)
     dns_timeout = _variable(environ, "RBLCHECK_TIMEOUT", _parse_seconds, dns_timeout)
     client = core.client(environ)
@@ -215,7 +191,9 @@ def main(argv, environ):
     opened, verdict = {}, None
     if not client.relay and ov.action == "check":
         for letter, (path, _, list_failclosed) in cdbs.items():
-            opened[letter] = open_cdb(path, PROG)
+            from qtools import cdb
+
+            opened[letter] = cdb.open_or_warn(path, PROG)
             if opened[letter] is None and list_failclosed:
                 why = (("why", "localfail"), ("file", path))
                 verdict = core.Verdict("refuse", 451, LOCAL_ERROR, why)

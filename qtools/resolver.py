@@ -293,6 +293,17 @@ def option_seconds(letter, text):
         raise core.Usage("invalid value for -%s: %s" % (letter, text))
 
 
+def option_servers(letter, text):
+    """Return the server list of option letter unchanged once it parses, or raise Usage."""
+    from qtools import core
+
+    try:
+        parse_servers(text)
+    except ValueError as error:
+        raise core.Usage("invalid value for -%s: %s" % (letter, error))
+    return text
+
+
 def lazy(environ, server_text, timeout):
     """Return a resolve function for decide() that reads its configuration on first use."""
     # A client decided without DNS never pays for reading resolv.conf, and a

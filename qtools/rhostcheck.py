@@ -117,21 +117,6 @@ def decide(client, resolve=None, generic=False, keywords=None, encodings=ENCODIN
     return core.Verdict("pass", why=why)
 
 
-def _flag(environ, name, default):
-    value = environ.get(name)
-    return default if value is None or value == "" else value not in ("0", "no")
-
-
-def _open(path):
-    from qtools import cdb
-
-    try:
-        return cdb.Reader(path)
-    except OSError as error:
-        core.warn(PROG, "unable to open %s: %s" % (path, core.strerror(error)))
-        return None
-
-
 def _words(text):
     return [w.strip().lower() for w in text.split(",") if w.strip()]
 
@@ -161,17 +146,13 @@ def main(argv, environ):
         elif letter == "S":
             from qtools import resolver
 
-            servers = value
-            try:
-                resolver.parse_servers(value)
-            except ValueError as error:
-                raise core.Usage("invalid value for -S: %s" % error)
+            servers = resolver.option_servers(letter, value)
     if not rest:
         raise core.Usage("")
     if any(e not in ENCODINGS for e in encodings):
         raise core.Usage("invalid encodings: %s" % ",".join(encodings))
-    mark = _flag(environ, "RHOSTCHECK_MARK", opt["m"])
-    generic = _flag(environ, "RHOSTCHECK_GENERIC", opt["g"])
+    mark = core.flag(environ, "RHOSTCHECK_MARK", opt["m"])
+    generic = core.flag(environ, "RHOSTCHECK_GENERIC", opt["g"])
     if environ.get("RHOSTCHECK_KEYWORDS") is not None:
         keywords = _words(environ["RHOSTCHECK_KEYWORDS"])
     if environ.get("RHOSTCHECK_ENCODINGS") is not None:
@@ -185,7 +166,9 @@ def main(argv, environ):
     resolve, reader, verdict = None, None, None
     if not client.relay and ov.action == "check":
         if exceptions is not None:
-            reader = _open(exceptions)
+            from qtools import cdb
+
+            reader = cdb.open_or_warn(exceptions, PROG)
             if reader is None and opt["c"]:
                 why = (("why", "localfail"), ("file", exceptions))
                 verdict = core.Verdict("refuse", 451, LOCAL_ERROR, why)

@@ -150,9 +150,7 @@ def parse(argv, environ):
                 raise core.Die(core.USAGE_EXIT, "invalid $%s: %s" % (name, core.clean(value)))
             setattr(config, attribute, int(value))
     for name, attribute in (("TARPIT_GROW", "grow"), ("TARPIT_MARK", "mark")):
-        value = environ.get(name, "")
-        if value:
-            setattr(config, attribute, value not in ("0", "no"))
+        setattr(config, attribute, core.flag(environ, name, getattr(config, attribute)))
     return config, rest
 
 

@@ -235,3 +235,14 @@ def test_random_large_set_matches_cdbmake(tmp_path):
     reference = cdbmake(records, tmp_path)
     assert written(records, "pure") == reference
     assert written(records, "fast") == reference
+
+
+def test_open_or_warn(tmp_path, capfd):
+    """An unreadable cdb gives None and one warning line; a good one opens."""
+    from qtools import cdb as cdbmodule
+
+    assert cdbmodule.open_or_warn(str(tmp_path / "missing.cdb"), "demo") is None
+    assert capfd.readouterr().err == "demo: warning: unable to open %s: no such file or directory\n" % (tmp_path / "missing.cdb")
+    path = tmp_path / "good.cdb"
+    cdbmodule.write(str(path), [(b"k", b"v")])
+    assert cdbmodule.open_or_warn(str(path), "demo").get(b"k") == b"v"

@@ -165,6 +165,15 @@ class TestReplies:
         line = core.log_line("rblcheck", "192.0.2.7", "451 listed", [("list", "bl.example"), ("text", 'say "hi"'), ("n", 3)])
         assert line == 'rblcheck: 192.0.2.7 pid %d: 451 listed list=bl.example text="say \\"hi\\"" n=3' % os.getpid()
 
+    @pytest.mark.parametrize(
+        ("value", "default", "expected"),
+        [(None, True, True), ("", False, False), ("1", False, True), ("0", True, False), ("no", True, False), ("yes", False, True)],
+    )
+    def test_flag(self, value, default, expected):
+        """A switch variable: unset or empty keeps the default, "0" and "no" turn it off."""
+        environ = {} if value is None else {"X": value}
+        assert core.flag(environ, "X", default) is expected
+
     def test_marks(self):
         """Marks accumulate in $QTOOLS_SUSPECT, space separated."""
         environ = {}
