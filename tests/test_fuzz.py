@@ -315,15 +315,17 @@ def filter_stack(tmp, rng, clock):
     environ = {"TCPREMOTEIP": "192.0.2.%d" % rng.randrange(1, 4), "PATH": "/nonexistent",
                "VALIDRCPTTO_CDB": os.path.join(tmp, "validrcptto.cdb"),
                "VALIDRCPTTO_LIMIT": str(rng.choice([0, 3, 10]))}
-    saved = proxy.run
-    proxy.run = run
+    from qtools import proxyio
+
+    saved = proxyio.run
+    proxyio.run = run
     try:
         assert validrcptto.main(["qmail-smtpd"], dict(environ)) == 0
         assert greylist.main(["-T", "-m", "5", os.path.join(tmp, "triplets"), "qmail-smtpd"],
                              dict(environ)) == 0
         assert tarpit.main(["-g", "-c", "2", "-t", "3", "qmail-smtpd"], dict(environ)) == 0
     finally:
-        proxy.run = saved
+        proxyio.run = saved
     assert [prog for prog, _ in captured] == ["validrcptto", "greylist", "tarpit"]
     # The Triplets filter judges at the harness's clock, the other one in the engine.
     captured[1][1].clock = lambda: clock.now

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import VENV_BIN, base_env, read_maildir, run_prog, sink_cmd
 from helpers_proxy import FakeQmail, converse
-from qtools import core, proxy
+from qtools import core, proxy, proxyio
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers_proxy.py")
 CLIENT = core.Client("192.0.2.7", bytes([192, 0, 2, 7]))
@@ -471,27 +471,27 @@ class TestReap:
     def test_status(self, waiting, script, expected):
         """An exit code, or minus the signal that ended the child, and not ended by us."""
         child = subprocess.Popen(["sh", "-c", "sleep 0.2; " + script])
-        assert proxy.reap(child.pid, grace=30) == expected
+        assert proxyio.reap(child.pid, grace=30) == expected
 
     def test_returns_when_the_child_ends(self, waiting):
         """The grace time is an upper bound, not a wait."""
         child = subprocess.Popen(["sh", "-c", "sleep 0.2"])
         start = time.monotonic()
-        assert proxy.reap(child.pid, grace=30) == (0, False)
+        assert proxyio.reap(child.pid, grace=30) == (0, False)
         assert time.monotonic() - start < 10
 
     def test_a_child_that_stays_is_terminated(self, waiting):
         """After the grace time the child gets SIGTERM, and the status says we ended it."""
         child = subprocess.Popen(["sleep", "60"])
         start = time.monotonic()
-        assert proxy.reap(child.pid, grace=0.3) == (-15, True)
+        assert proxyio.reap(child.pid, grace=0.3) == (-15, True)
         assert time.monotonic() - start < 10
 
     def test_pidfd_wait_ends_at_the_time_limit(self):
         """_wait gives (0, 0) for a child still running when its time is up."""
         child = subprocess.Popen(["sleep", "60"])
         try:
-            assert proxy._wait(child.pid, 0.2) == (0, 0)
+            assert proxyio._wait(child.pid, 0.2) == (0, 0)
         finally:
             child.kill()
             child.wait()
