@@ -29,7 +29,14 @@ def measure(argv, runs=RUNS, env=None, stdin=None):
         cpu, start = children_cpu(), time.perf_counter()
         if isinstance(stdin, str):
             with open(stdin, "rb") as source:
-                subprocess.run(argv, stdin=source, env=env, stdout=subprocess.DEVNULL, check=False)
+                subprocess.run(
+                    argv,
+                    stdin=source,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=False,
+                )
         else:
             subprocess.run(
                 argv,
