@@ -209,18 +209,18 @@ class TestProgram:
     def test_relayclient_steps_aside(self, maildir, vcdb):
         """With RELAYCLIENT set nothing is checked and no proxy runs."""
         result = self.run(maildir, {"VALIDRCPTTO_CDB": vcdb, "RELAYCLIENT": ""})
-        assert b"553" not in result.out and b"end why" not in result.err
+        assert b"\r\n553 " not in result.out and b"end why" not in result.err
 
     def test_no_cdb(self, maildir):
         """Without $VALIDRCPTTO_CDB every recipient passes."""
         result = self.run(maildir, {})
-        assert b"553" not in result.out and result.err.count(b"\n") == 1  # the sink's line
+        assert b"\r\n553 " not in result.out and result.err.count(b"\n") == 1  # the sink's line
 
     def test_unreadable_cdb_fails_open(self, maildir, tmp_path):
         """An unreadable cdb is a warning and every recipient passes."""
         missing = str(tmp_path / "missing.cdb")
         result = self.run(maildir, {"VALIDRCPTTO_CDB": missing})
-        assert b"553" not in result.out and result.rc == 0
+        assert b"\r\n553 " not in result.out and result.rc == 0
         assert result.err.startswith(
             b"validrcptto: warning: unable to open %s: no such file or directory\n" % missing.encode())
 
@@ -245,7 +245,7 @@ class TestProgram:
     def test_override_empty_skips(self, maildir, vcdb):
         """An empty $QTOOLS_VALIDRCPTTO skips the check."""
         result = self.run(maildir, {"VALIDRCPTTO_CDB": vcdb, "QTOOLS_VALIDRCPTTO": ""})
-        assert b"553" not in result.out
+        assert b"\r\n553 " not in result.out
 
     def test_limit_transcript(self, maildir, vcdb):
         """The limit-th invalid RCPT gets 421 and the connection closes; nothing is stored."""
