@@ -108,20 +108,25 @@ class FakeQmail:
         return b""
 
 
+def deliver(engine, backend):
+    """Hand everything the engine has for the backend to it, and its replies back."""
+    while engine.to_server:
+        data = bytes(engine.to_server)
+        del engine.to_server[:]
+        replies = backend.feed(data)
+        if replies:
+            engine.server_data(replies)
+        if backend.dead and not engine.server_eof:
+            engine.server_data(b"")
+
+
 def converse(engine, backend, chunks):
     """Feed client chunks through engine to backend; return what the client got."""
     engine.server_data(backend.greeting)
     got = bytearray()
 
     def pump():
-        while engine.to_server:
-            data = bytes(engine.to_server)
-            del engine.to_server[:]
-            replies = backend.feed(data)
-            if replies:
-                engine.server_data(replies)
-            if backend.dead and not engine.server_eof:
-                engine.server_data(b"")
+        deliver(engine, backend)
         got.extend(engine.to_client)
         del engine.to_client[:]
 

@@ -40,7 +40,7 @@ import time
 import pytest
 
 from conftest import VENV_BIN, base_env
-from helpers_proxy import FakeQmail
+from helpers_proxy import FakeQmail, deliver
 from qtools import core, proxy
 
 SESSIONS = int(os.environ.get("QTOOLS_FUZZ_SESSIONS") or 400)
@@ -274,14 +274,7 @@ def drive(engine, backend, pieces, clock):
 
     def pump():
         for _ in range(100000):
-            while engine.to_server:
-                data = bytes(engine.to_server)
-                del engine.to_server[:]
-                replies = backend.feed(data)
-                if replies:
-                    engine.server_data(replies)
-                if backend.dead and not engine.server_eof:
-                    engine.server_data(b"")
+            deliver(engine, backend)
             due = engine.deadline()
             if due is None or engine.closing:
                 break
