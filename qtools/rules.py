@@ -12,6 +12,7 @@ import string
 _DIGITS = b"0123456789"
 _HOST = (string.ascii_lowercase + string.digits + "-_.").encode()
 _VISIBLE = bytes(range(33, 127))
+_NOT_AT_OR_LF = bytes(b for b in range(256) if b not in b"@\n")
 
 
 def tcprules(lines, report):
@@ -94,17 +95,17 @@ def plain_addresses(data):
     text = data.lower()
     if text[-1:] != b"\n":
         text += b"\n"
-    if text.translate(None, _VISIBLE + b"\n") or text[:1] in b"#-\n" or b"\n\n" in text:
+    if text.translate(None, _VISIBLE + b"\n") or text[:1] in b"#-":
         return None
-    if b"\n#" in text or b"\n-" in text:
+    if re.search(rb"\n[#-]", text):  # a comment or a -address
         return None
     keys = text.split(b"\n")
     keys.pop()
-    # at most one match per line and as many @ as lines: one @ in each
-    domains = re.findall(rb"@([^@\n]*)\n", text)
-    if len(domains) != len(keys) or text.count(b"@") != len(keys):
+    # one @ in each line, so none is blank: the text without its other
+    # bytes is "@\n" repeated
+    if text.translate(None, _NOT_AT_OR_LF) != b"@\n" * len(keys):
         return None
-    domains = dict.fromkeys(domains)
+    domains = dict.fromkeys(re.findall(rb"@([^\n]*)\n", text))
     if len(set(keys)) != len(keys) or not all(map(_hostname, domains)):
         return None
     return zip(chain(keys, domains), repeat(b""))
