@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: ISC
 """Read and write djb's constant databases (cdb); reading needs the standard library only."""
 
-import errno
 import os
 
 
@@ -107,7 +106,7 @@ class Writer:
         self._out.write(self._pack(len(key), len(value)) + key + value)
         self._pos += 8 + len(key) + len(value)
         if self._pos > 0xFFFFFFFF:
-            raise OSError(errno.EFBIG, "a cdb cannot be 4 GiB or larger")
+            raise _too_big()
 
     def finish(self):
         """Write the hash tables and the header; the file stays open."""
@@ -131,10 +130,16 @@ class Writer:
                 self._out.write(struct.pack("<%dL" % len(pairs), *pairs))
             pos += slots * 8
             if pos > 0xFFFFFFFF:
-                raise OSError(errno.EFBIG, "a cdb cannot be 4 GiB or larger")
+                raise _too_big()
         self._out.seek(0)
         self._out.write(struct.pack("<512L", *header))
         self._out.flush()
+
+
+def _too_big():
+    import errno
+
+    return OSError(errno.EFBIG, "a cdb cannot be 4 GiB or larger")
 
 
 def _hasher():

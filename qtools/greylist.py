@@ -4,7 +4,6 @@
 import time
 
 from qtools import core
-from qtools.store import StoreError, Timers, admin, open_store
 
 PROG = "greylist"
 USAGE = (
@@ -24,11 +23,18 @@ class Config:
     """The options of one run, with their defaults."""
 
     def __init__(self):
-        self.timers = Timers()
+        self.delay, self.window, self.lifetime = 300, 86400, 36 * 86400
         self.v4, self.v6 = 24, 64
         self.learn = self.selective = self.fail_closed = self.triplet = False
         self.allow = None
         self.timeout = 60
+
+    @property
+    def timers(self):
+        """The timers as the stores take them."""
+        from qtools.store import Timers
+
+        return Timers(self.delay, self.window, self.lifetime)
 
 
 def key_of(packed, config):
@@ -72,6 +78,12 @@ def decide(client, environ, config, store, now, allowlist=None):
     In triplet mode a network that has not passed gets the action "proxy":
     its recipients are judged one by one by the Triplets filter.
     """
+    verdict = exemption(client, environ, config, allowlist)
+    return judge(client, environ, config, store, now) if verdict is None else verdict
+
+
+def exemption(client, environ, config, allowlist=None):
+    """Return the Verdict of a client the store is not asked about, else None."""
     if client.relay:
         return core.Verdict("skip", why=(("why", "relayclient"),))
     if "WHITELISTED" in environ:
@@ -92,6 +104,13 @@ def decide(client, environ, config, store, now, allowlist=None):
         found = netlist.lookup(allowlist, client.packed, client.host)
         if found is not None:
             return core.Verdict("skip", why=(("why", "allowlist"), ("entry", found[0].decode())))
+    return None
+
+
+def judge(client, environ, config, store, now):
+    """Return the Verdict of the store on the client's network."""
+    from qtools.store import StoreError
+
     key = key_of(client.packed, config)
     try:
         if not config.triplet:
@@ -102,6 +121,7 @@ def decide(client, environ, config, store, now, allowlist=None):
             return core.Verdict("proxy", why=(("key", key),))
     except StoreError as error:
         return failed(error, config)
+    tags = core.marks(environ)
     fields = [("key", key)] + ([("marks", ",".join(tags))] if tags else [])
     return verdict_of(state, fields, config, now)
 
@@ -167,6 +187,8 @@ class Triplets:
 
     def judge(self, session, sender, rcpts):
         """Check each triplet; return the deferral reply if one must wait."""
+        from qtools.store import StoreError
+
         now = self.clock()
         refusal, longest = None, -1
         for rcpt in rcpts:
@@ -194,10 +216,8 @@ def parse(argv):
     options, rest = core.getopt(argv, "nsfiTm:w:l:4:6:a:t:PqAD")
     config, command = Config(), None
     flags = {"n": "learn", "s": "selective", "f": "fail_closed", "T": "triplet"}
-    t = config.timers
-    numbers = {"m": (t, "delay", 0, None), "w": (t, "window", 1, None),
-               "l": (t, "lifetime", 1, None), "4": (config, "v4", 0, 32),
-               "6": (config, "v6", 0, 128), "t": (config, "timeout", 0, None)}
+    numbers = {"m": ("delay", 0, None), "w": ("window", 1, None), "l": ("lifetime", 1, None),
+               "4": ("v4", 0, 32), "6": ("v6", 0, 128), "t": ("timeout", 0, None)}
     for letter, value in options:
         if letter in "PqAD":
             if command not in (None, letter):
@@ -206,13 +226,13 @@ def parse(argv):
         elif letter in flags:
             setattr(config, flags[letter], True)
         elif letter in numbers:
-            target, name, low, high = numbers[letter]
-            setattr(target, name, core.number(PROG, letter, value, low, high))
+            name, low, high = numbers[letter]
+            setattr(config, name, core.number(PROG, letter, value, low, high))
         elif letter == "i":
             config.v4, config.v6 = 32, 128
         else:
             config.allow = value
-    if t.delay >= t.window:
+    if config.delay >= config.window:
         raise core.Usage("the delay (-m) must be shorter than the window (-w)")
     if not rest or (command is None and len(rest) < 2):
         raise core.Usage()
@@ -224,6 +244,7 @@ def open_allowlist(path):
     if path is None:
         return None
     from qtools.cdb import Reader
+    from qtools.store import StoreError
 
     try:
         return Reader(path)
@@ -231,16 +252,24 @@ def open_allowlist(path):
         return StoreError("unable to open %s: %s" % (path, core.strerror(error)))
 
 
+def open_or_die(where, config):
+    """Return the store at where; an unknown kind of store is a usage error."""
+    from qtools.store import StoreError, open_store
+
+    try:
+        return open_store(where, config.timers)
+    except StoreError as error:
+        raise core.Die(core.USAGE_EXIT, str(error))
+
+
 @core.main_of(PROG, USAGE)
 def main(argv, environ):
     """Greylist the connection, or run a command on the store."""
     config, command, rest = parse(argv)
-    where = rest[0] if command is not None else environ.get(STORE) or rest[0]
-    try:
-        store = open_store(where, config.timers)
-    except StoreError as error:
-        raise core.Die(core.USAGE_EXIT, str(error))
     if command is not None:
+        from qtools.store import StoreError, admin
+
+        store = open_or_die(rest[0], config)
         keys = [key_of_argument(text, config) for text in rest[1:]]
         try:
             code = admin(command, store, keys, time.time(), print)
@@ -250,9 +279,13 @@ def main(argv, environ):
             raise core.Usage()
         return code
     client = core.client(environ)
-    verdict = decide(client, environ, config, store, time.time(), open_allowlist(config.allow))
-    if verdict.action != "proxy":
-        store.close()  # no server connection held through the rest of the session
+    # a client the store is not asked about does not load the store's code
+    verdict = exemption(client, environ, config, open_allowlist(config.allow))
+    if verdict is None:
+        store = open_or_die(environ.get(STORE) or rest[0], config)
+        verdict = judge(client, environ, config, store, time.time())
+        if verdict.action != "proxy":
+            store.close()  # no server connection held through the rest of the session
     why = dict(verdict.why)
     if why.get("why") == "failure":
         core.warn(PROG, why["error"])

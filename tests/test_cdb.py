@@ -118,6 +118,16 @@ class TestWriter:
         """Any records give the same file from both writers."""
         assert written(records, "pure") == written(records, "fast")
 
+    def test_four_gib_refused(self):
+        """A record that would take the file to 4 GiB is refused with EFBIG, as cdbmake does."""
+        import errno
+
+        writer = cdb.Writer(io.BytesIO())
+        writer._pos = 0xFFFFFFFF - 9  # as if 4 GiB less 9 bytes were written
+        with pytest.raises(OSError) as raised:
+            writer.add(b"k", b"v")
+        assert raised.value.errno == errno.EFBIG
+
     @settings(max_examples=100, deadline=None)
     @given(st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=8)), max_size=40))
     def test_reader_reads_what_was_written(self, records):

@@ -279,6 +279,24 @@ def refusal(text):
     )
 
 
+class TestStoreOpening:
+    """The store is opened, and its code loaded, only for a client it is asked about."""
+
+    PROFILE = {"TCPREMOTEIP": "192.0.2.7", "PYTHONPROFILEIMPORTTIME": "1"}
+
+    def test_skipped_client_loads_no_store(self):
+        """RELAYCLIENT passes without loading qtools.store, even with a wrong store."""
+        run = run_prog(["greylist", "nosuch://store", "true"], env=dict(self.PROFILE, RELAYCLIENT=""))
+        assert run.rc == 0, run
+        assert "qtools.store" not in run.err.decode() and "qtools.greylist" in run.err.decode()
+
+    def test_judged_client_meets_a_wrong_store(self):
+        """A client the store is asked about finds a wrong store: a usage error, exit 100."""
+        run = run_prog(["greylist", "nosuch://store", "true"], env={"TCPREMOTEIP": "192.0.2.7"})
+        assert run.rc == 100, run
+        assert b"greylist: fatal: unknown store: nosuch://store" in run.err
+
+
 class TestTranscript:
     """Tests that run bin/greylist with a hand-made environment."""
 
