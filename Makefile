@@ -25,9 +25,13 @@ debs:
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing </dev/null; \
 	fi
 
+# The venv has no setuptools, as those of Python 3.12 and later: pip builds
+# in an isolated environment, and setuptools' distutils-precedence.pth would
+# cost every program start half a millisecond.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip uninstall -q -y setuptools
 	$(VPY) -m pip install -q --config-settings editable_mode=compat -e '.[test,redis,fast]'
 	touch $@
 
