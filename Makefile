@@ -6,7 +6,7 @@ DESTDIR ?=
 MANDIR ?= $(PREFIX)/share/man
 PROGRAMS = greylist rblcheck rhostcheck tarpit validrcptto qtools-mkcdb
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
-DEBS = ucspi-tcp rbldnsd swaks redis-server mandoc freecdb daemontools
+DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools
 
 VPY = $(VENV)/bin/python
 

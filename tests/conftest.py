@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: ISC
-"""Shared test fixtures: transcript runs, the demo sink, tcpserver, rbldnsd."""
+"""Shared test fixtures: transcript runs, the demo sink, tcpserver, rbldnsd, redis-server."""
 
 import os
 import re
@@ -259,3 +259,22 @@ def read_maildir(maildir):
         with open(os.path.join(str(maildir), name), "rb") as f:
             out.append(f.read())
     return out
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """One redis-server for a test module, on a free loopback port."""
+    from helpers_redis import RedisServer
+
+    running = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def redis(redis_server):
+    """The module's redis-server, running and empty."""
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server
