@@ -10,11 +10,12 @@ never race on a key.  Each write sets the key's time to live to the window
 (unproven) or the lifetime (passed): Redis expires dead state alone and
 purge has nothing to do.
 
-redis-py is imported at the store's first command, never before: its import
-costs more than a whole connection of the other programs, and clients that
-need no state must not pay it.
+The client is qtools.resp, not redis-py, whose import costs more than a
+whole connection of the other programs.  It connects at the store's first
+command: clients that need no state never reach Redis.
 """
 
+from qtools import resp
 from qtools.store import State, Store, StoreError, waiting
 
 PREFIX = "qtools:greylist:"
@@ -71,41 +72,26 @@ class RedisStore(Store):
         super().__init__(url, timers)
         self.url, self.name = url, describe_url(url)
         self._client = self._down = None
-        self._errors = ()
 
     @property
-    def redis(self):
-        """The redis-py client, made on first use: clients that need no state never import it."""
+    def client(self):
+        """The connection to Redis, from the URL at first use (it connects at its first command)."""
         if self._client is None:
             try:
-                import redis
-                from redis.backoff import NoBackoff
-                from redis.retry import Retry
-            except ImportError as error:
-                raise StoreError("unable to use %s: %s" % (self.name, error))
-            self._errors = redis.RedisError
-            # No retries: a Redis that is down costs one timeout, once.
-            options = dict(socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
-                           retry=Retry(NoBackoff(), 0))
-            if int(redis.__version__.split(".")[0]) >= 5:
-                options["protocol"] = 2  # no HELLO: one round trip a decision
-            try:
-                self._client = redis.Redis.from_url(self.url, **options)
-            except (ValueError, TypeError) as error:
+                self._client = resp.Client(self.url, TIMEOUT)
+            except ValueError as error:
                 raise StoreError("invalid store %s: %s" % (self.name, error))
         return self._client
 
     def _call(self, what, *args):
-        """Run one redis-py call; turn any Redis failure into StoreError."""
+        """Run one command or pipeline of the client; turn any failure into StoreError."""
         if self._down is not None:  # the connection's one timeout is spent
             raise StoreError(self._down)
         try:
             return what(*args)
-        except self._errors as error:
-            reason = _reason(error)
-        except TypeError as error:  # an option in the URL that redis-py does not know
-            reason = str(error)
-        self._down = "unable to use %s: %s" % (self.name, reason)
+        except (OSError, resp.ReplyError) as error:
+            # No retries: a Redis that is down costs one timeout, once.
+            self._down = "unable to use %s: %s" % (self.name, _reason(error))
         self.close()
         raise StoreError(self._down)
 
@@ -114,8 +100,11 @@ class RedisStore(Store):
 
     def _script(self, key, now, mode):
         t = self.timers
+        # EVAL, not EVALSHA with a fallback on NOSCRIPT: Redis keeps the
+        # compiled script by its digest either way, and its 900 bytes cost
+        # nothing next to the round trip.
         return self._call(
-            self.redis.eval, SCRIPT, 1, self._key(key), _text(now), _text(t.delay),
+            self.client.command, "EVAL", SCRIPT, 1, self._key(key), _text(now), _text(t.delay),
             _text(t.window), _text(t.lifetime), int(t.window * 1000), int(t.lifetime * 1000), mode)
 
     def check(self, key, now):
@@ -140,40 +129,46 @@ class RedisStore(Store):
 
     def peek(self, key, now):
         """Return the State check would return, changing nothing."""
-        first, last = self._call(self.redis.hmget, self._key(key), "first", "last")
+        first, last = self._call(self.client.command, "HMGET", self._key(key), "first", "last")
         return self._state(first, last, now)
 
     def _transaction(self, key, *steps):
-        pipe = self.redis.pipeline(transaction=True)
-        for name, *args in steps:
-            getattr(pipe, name)(self._key(key), *args)
-        self._call(pipe.execute)
+        self._call(self.client.pipeline,
+                   [(name, self._key(key), *args) for name, *args in steps], True)
 
     def allow(self, key, now):
         """Let key pass from now on, for one lifetime."""
-        self._transaction(key, ("hset", "last", _text(now)),
-                          ("pexpire", int(self.timers.lifetime * 1000)))
+        self._transaction(key, ("HSET", "last", _text(now)),
+                          ("PEXPIRE", int(self.timers.lifetime * 1000)))
 
     def deny(self, key, now):
         """Take key's pass away: it is greylisted anew from now."""
-        self._transaction(key, ("delete",), ("hset", "first", _text(now)),
-                          ("pexpire", int(self.timers.window * 1000)))
+        self._transaction(key, ("DEL",), ("HSET", "first", _text(now)),
+                          ("PEXPIRE", int(self.timers.window * 1000)))
 
     def forget(self, key, now):
         """Remove everything the store knows about key."""
-        self._call(self.redis.delete, self._key(key))
+        self._call(self.client.command, "DEL", self._key(key))
+
+    def _names(self):
+        """Return the sorted names of every key of ours, by SCAN."""
+        names, cursor = set(), b"0"  # a set: SCAN may repeat a name
+        while True:
+            cursor, found = self._call(self.client.command, "SCAN", cursor,
+                                       "MATCH", PREFIX + "*", "COUNT", 1000)
+            names.update(found)
+            if cursor == b"0":
+                return sorted(names)
 
     def items(self, now):
         """Yield (key, State) for every live key, passed keys first."""
-        names = set(self._call(lambda: list(self.redis.scan_iter(
-            match=PREFIX.encode() + b"*", count=1000))))  # SCAN may repeat a name
-        names = sorted(names)
+        names = self._names()
         later = []
         for start in range(0, len(names), 1000):
-            pipe = self.redis.pipeline(transaction=False)
-            for name in names[start:start + 1000]:
-                pipe.hmget(name, "first", "last")
-            for name, (first, last) in zip(names[start:], self._call(pipe.execute)):
+            batch = names[start:start + 1000]
+            replies = self._call(self.client.pipeline,
+                                 [("HMGET", name, "first", "last") for name in batch])
+            for name, (first, last) in zip(batch, replies):
                 key = name[len(PREFIX):].decode("utf-8", "surrogateescape")
                 state = self._state(first, last, now)
                 if state.status == "known":
@@ -184,26 +179,27 @@ class RedisStore(Store):
 
     def purge(self, now):
         """Check that Redis answers; it expires dead state alone.  Return 0."""
-        self._call(self.redis.ping)
+        self._call(self.client.command, "PING")
         return 0
 
     def close(self):
         """Let go of the connection to Redis."""
         if self._client is not None:
-            try:
-                self._client.close()
-            except self._errors:
-                pass
+            self._client.close()
 
 
 def _reason(error):
-    """Return the cause of a redis-py error in lowercase system-error words."""
+    """Return why a command failed in lowercase system-error words."""
     from qtools.core import clean, strerror
 
-    cause = error.__cause__ or error.__context__
-    if isinstance(cause, OSError) and cause.strerror:
-        return strerror(cause)
-    if type(error).__name__ == "TimeoutError" or "timeout" in str(error).lower():
-        return "timed out"
-    text = clean(str(error).split(". script:")[0]) or type(error).__name__
-    return text[:1].lower() + text[1:]
+    if isinstance(error, OSError):
+        return strerror(error)
+    # A reply error: "READONLY You can't write ... replica. script: ..."
+    text = str(error).split(". script:")[0]
+    code, _, rest = text.partition(" ")
+    if code.isupper() and rest:
+        text = rest
+    text = clean(text).rstrip(".") or "error"
+    if text[1:2].islower():  # "You can't", not "AUTH <password>" or "DB index"
+        text = text[:1].lower() + text[1:]
+    return text
