@@ -32,7 +32,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip uninstall -q -y setuptools
-	$(VPY) -m pip install -q --config-settings editable_mode=compat -e '.[test,redis,fast]'
+	$(VPY) -m pip install -q --config-settings editable_mode=compat -e '.[test,fast]'
 	touch $@
 
 venv: $(VENV)/.installed
