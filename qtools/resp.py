@@ -88,7 +88,10 @@ def parse_url(url):
             port = port[1:]
         else:
             host, _, port = hostport.partition(":")
-        settings["host"] = unquote(host) or "localhost"
+        host = unquote(host)
+        if not host.isascii():  # a name in IDNA, xn--, as DNS has it
+            raise ValueError("bad host")
+        settings["host"] = host or "localhost"
         if port:
             if not (port.isascii() and port.isdigit() and int(port) < 65536):
                 raise ValueError("bad port")
@@ -187,7 +190,7 @@ class Client:
             targets = [(_socket.AF_UNIX, s["path"])]
         else:
             # bytes: getaddrinfo would load the idna codec (and re) for text
-            host = s["host"].encode("ascii") if s["host"].isascii() else s["host"]
+            host = s["host"].encode("ascii")
             targets = [(family, address) for family, _, _, _, address
                        in _socket.getaddrinfo(host, s["port"], 0, _socket.SOCK_STREAM)]
         for family, address in targets:  # each in turn, as socket.create_connection

@@ -80,6 +80,8 @@ class TestParseUrl:
             ("redis://::1/0", "bad port"),
             ("redis://[::1/0", "bad address"),
             ("redis://[::1]x/0", "bad address"),
+            ("redis://\u00fc.example/0", "bad host"),
+            ("redis://%C3%BC..x/0", "bad host"),
             ("redis://h/x", "bad database"),
             ("redis://h/0/1", "bad database"),
             ("redis://user@h", "a user without a password"),
