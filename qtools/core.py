@@ -107,6 +107,28 @@ def number(prog, letter, text, low=0, high=None):
     return value
 
 
+def dns_options(prog, options, dns_timeout):
+    """Take -t, -T and -S, which rblcheck and rhostcheck share, out of getopt's options.
+
+    Return (timeout, dns_timeout, servers, the other options); dns_timeout
+    is the default for -T.
+    """
+    timeout, servers, others = 60, None, []
+    for letter, value in options:
+        if letter == "t":
+            timeout = number(prog, letter, value)
+        elif letter in "TS":
+            from qtools import resolver  # only when asked: the pass path never loads it
+
+            if letter == "T":
+                dns_timeout = resolver.option_seconds(letter, value)
+            else:
+                servers = resolver.option_servers(letter, value)
+        else:
+            others.append((letter, value))
+    return timeout, dns_timeout, servers, others
+
+
 # --- Environment -----------------------------------------------------------
 
 

@@ -145,8 +145,9 @@ def _variable(environ, name, parse, default):
 def main(argv, environ):
     """Run prog unless the client is listed; refuse it with the list's text otherwise."""
     options, rest = core.getopt(argv, "bBcCmMnt:T:S:s:A:D:r:a:l:d:")
+    timeout, dns_timeout, servers, options = core.dns_options(PROG, options, DNS_TIMEOUT)
     bounce = failclosed = mark = dryrun = False
-    timeout, dns_timeout, threshold, servers = 60, DNS_TIMEOUT, 1, None
+    threshold = 1
     sources, cdbs = [], {}
     for letter, value in options:
         if letter in "bB":
@@ -157,18 +158,8 @@ def main(argv, environ):
             mark = letter == "m"
         elif letter == "n":
             dryrun = True
-        elif letter == "t":
-            timeout = core.number(PROG, letter, value)
-        elif letter == "T":
-            from qtools import resolver
-
-            dns_timeout = resolver.option_seconds(letter, value)
         elif letter == "s":
             threshold = core.number(PROG, letter, value, low=-1000)
-        elif letter == "S":
-            from qtools import resolver
-
-            servers = resolver.option_servers(letter, value)
         elif letter in "AD":
             cdbs[letter] = (value, bounce, failclosed)
         else:

@@ -125,9 +125,9 @@ def _words(text):
 def main(argv, environ):
     """Run prog when the client has a forward-confirmed, non-generic name; refuse it otherwise."""
     options, rest = core.getopt(argv, "bBcCmMhHgGk:e:x:t:T:S:")
+    timeout, dns_timeout, servers, options = core.dns_options(PROG, options, DNS_TIMEOUT)
     opt = dict.fromkeys("bcmhg", False)
-    keywords, encodings, exceptions, servers = None, list(ENCODINGS), None, None
-    timeout, dns_timeout = 60, DNS_TIMEOUT
+    keywords, encodings, exceptions = None, list(ENCODINGS), None
     for letter, value in options:
         if letter.lower() in opt:
             opt[letter.lower()] = letter.islower()
@@ -137,16 +137,6 @@ def main(argv, environ):
             encodings = _words(value)
         elif letter == "x":
             exceptions = value
-        elif letter == "t":
-            timeout = core.number(PROG, letter, value)
-        elif letter == "T":
-            from qtools import resolver
-
-            dns_timeout = resolver.option_seconds(letter, value)
-        elif letter == "S":
-            from qtools import resolver
-
-            servers = resolver.option_servers(letter, value)
     if not rest:
         raise core.Usage("")
     if any(e not in ENCODINGS for e in encodings):

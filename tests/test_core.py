@@ -43,6 +43,17 @@ class TestGetopt:
         with pytest.raises(core.Usage):
             core.number("demo", "t", "7", high=5)
 
+    def test_dns_options(self):
+        """dns_options() takes -t, -T and -S, the last of each winning, and keeps the rest in order."""
+        options = [("b", None), ("T", "2"), ("t", "5"), ("r", "x"), ("S", "127.0.0.1:5300"),
+                   ("T", "0.5"), ("c", None)]
+        assert core.dns_options("demo", options, 10.0) == (
+            5, 0.5, "127.0.0.1:5300", [("b", None), ("r", "x"), ("c", None)])
+        assert core.dns_options("demo", [("b", None)], 10.0) == (60, 10.0, None, [("b", None)])
+        for bad in (("t", "x"), ("T", "0"), ("S", "nohost")):
+            with pytest.raises(core.Usage, match="invalid value for -%s" % bad[0]):
+                core.dns_options("demo", [bad], 10.0)
+
 
 class TestOverride:
     """Tests for `override`, the $RBLSMTPD pattern."""
