@@ -8,8 +8,8 @@ from qtools import core
 PROG = "greylist"
 USAGE = (
     "greylist [ -nsfiT ] [ -m delay ] [ -w window ] [ -l lifetime ] [ -4 bits ] [ -6 bits ]"
-    " [ -a allow.cdb ] [ -t timeout ] DIR prog... | -P DIR | -q DIR [ ip... ] | -A DIR ip..."
-    " | -D DIR ip..."
+    " [ -a allow.cdb ] [ -t timeout ] dir prog... | -P dir | -q dir [ ip... ] | -A dir ip..."
+    " | -D dir ip..."
 )
 OVERRIDE = "QTOOLS_GREYLIST"
 STORE = "QTOOLS_GREYLIST_STORE"  # replaces DIR for a connection: tcp.smtp picks the store

@@ -290,15 +290,6 @@ class TestMain:
                      {"TCPREMOTEIP": "127.0.0.2", "QTOOLS_RESOLVER": "nohost", "RBLSMTPD": ""})
         assert (r.rc, r.out) == (0, b"ran\n")
 
-    def test_usage_matches_the_man_page(self):
-        """The SYNOPSIS of rblcheck(8) is the module's USAGE."""
-        with open(os.path.join(os.path.dirname(__file__), "..", "man", "rblcheck.8")) as f:
-            page = f.read()
-        synopsis = page.split(".SH SYNOPSIS\n", 1)[1].split(".SH", 1)[0]
-        words = " ".join(line for line in synopsis.splitlines() if not line.startswith(".")).split()
-        words = [w.replace("\\-", "-").replace("\\fI", "").replace("\\fR", "").replace("\\fB", "") for w in words]
-        assert " ".join(words) == rblcheck.USAGE
-
 
 @pytest.fixture(scope="module")
 def dns():
