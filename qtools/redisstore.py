@@ -58,11 +58,11 @@ def _text(number):
 
 
 def describe_url(url):
-    """Return url without its password, for messages and logs."""
+    """Return url without its user, password and options, for messages and logs."""
     scheme, _, rest = url.partition("://")
-    if "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@", 1)[1]
-    return "%s://%s" % (scheme, rest.split("?", 1)[0])
+    # Up to the last @ before the options: a password may hold an @ or a /
+    # its writer forgot to escape, and must not show even then.
+    return "%s://%s" % (scheme, rest.split("?", 1)[0].rpartition("@")[2])
 
 
 class RedisStore(Store):

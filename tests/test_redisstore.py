@@ -238,6 +238,11 @@ class TestFailures:
             ("redis://user:pw@10.0.0.1:6379/2?socket_timeout=1", "redis://10.0.0.1:6379/2"),
             ("unix://:pw@/run/redis.sock?db=1", "unix:///run/redis.sock"),
             ("rediss://h/0", "rediss://h/0"),
+            # an @ or a / left unescaped in a password: parse_url splits at
+            # the last @, and so must the name shown
+            ("redis://:pa@ss@h/0", "redis://h/0"),
+            ("unix://:x@y@/s", "unix:///s"),
+            ("redis://:pa/ss@h:99999/0", "redis://h:99999/0"),
         ],
     )
     def test_describe_url(self, url, shown):
@@ -252,6 +257,7 @@ class TestFailures:
              "invalid store redis://127.0.0.1:6379/0: bad value for socket_timeout"),
             ("redis://127.0.0.1:6379/0?timeout=1",
              "invalid store redis://127.0.0.1:6379/0: unknown option timeout"),
+            ("redis://:pa/ss@127.0.0.1:99999/0", "invalid store redis://127.0.0.1:99999/0: bad port"),
         ],
     )
     def test_bad_url(self, url, message):
