@@ -107,6 +107,14 @@ def number(prog, letter, text, low=0, high=None):
     return value
 
 
+def seconds(text, high=3600):
+    """Return a time limit from text ("10", "0.5"): seconds above 0, at most high; or raise ValueError."""
+    value = float(text)
+    if not 0 < value <= high:  # nan too; 0 would make a socket non-blocking
+        raise ValueError(text)
+    return value
+
+
 def dns_options(prog, options, dns_timeout):
     """Take -t, -T and -S, which rblcheck and rhostcheck share, out of getopt's options.
 

@@ -125,12 +125,6 @@ def decide(client, sources, resolve, threshold=1, ov=None, allow=None, deny=None
     return core.Verdict("pass", why=why)
 
 
-def _parse_seconds(text):
-    from qtools import resolver
-
-    return resolver.parse_seconds(text)
-
-
 def _variable(environ, name, parse, default):
     text = environ.get(name)
     if not text:
@@ -172,7 +166,7 @@ def main(argv, environ):
     mark = core.flag(environ, "RBLCHECK_MARK", mark)
     dryrun = core.flag(environ, "RBLCHECK_DRYRUN", dryrun)
     threshold = _variable(environ, "RBLCHECK_THRESHOLD", int, threshold)
-    dns_timeout = _variable(environ, "RBLCHECK_TIMEOUT", _parse_seconds, dns_timeout)
+    dns_timeout = _variable(environ, "RBLCHECK_TIMEOUT", core.seconds, dns_timeout)
     client = core.client(environ)
     ov = core.override(environ, "RBLSMTPD")
     if ov.action == "check":

@@ -263,14 +263,6 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
     return answers
 
 
-def parse_seconds(text):
-    """Return a DNS time limit in seconds from text ("10", "0.5"), or raise ValueError."""
-    value = float(text)
-    if not 0 < value <= 3600:
-        raise ValueError(text)
-    return value
-
-
 def make(environ, timeout, server_text=None, resolv_conf=RESOLV_CONF):
     """Return lookup(questions) bound to the servers (server_text first) and timeout."""
     if server_text:
@@ -288,7 +280,7 @@ def option_seconds(letter, text):
     from qtools import core
 
     try:
-        return parse_seconds(text)
+        return core.seconds(text)
     except ValueError:
         raise core.Usage("invalid value for -%s: %s" % (letter, text))
 

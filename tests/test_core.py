@@ -43,6 +43,17 @@ class TestGetopt:
         with pytest.raises(core.Usage):
             core.number("demo", "t", "7", high=5)
 
+    def test_seconds(self):
+        """seconds() reads a time limit above 0 and at most high; anything else is a ValueError."""
+        assert core.seconds("10") == 10.0
+        assert core.seconds("0.5") == 0.5
+        assert core.seconds("3600") == 3600.0
+        assert core.seconds("86400", 86400) == 86400.0
+        for bad, high in (("0", 3600), ("-1", 3600), ("3601", 3600), ("nan", 3600), ("x", 3600),
+                          ("", 3600), ("86401", 86400)):
+            with pytest.raises(ValueError):
+                core.seconds(bad, high)
+
     def test_dns_options(self):
         """dns_options() takes -t, -T and -S, the last of each winning, and keeps the rest in order."""
         options = [("b", None), ("T", "2"), ("t", "5"), ("r", "x"), ("S", "127.0.0.1:5300"),
