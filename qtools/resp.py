@@ -15,6 +15,9 @@ the server closes the connection mid-reply or sends what is not RESP.
 """
 
 import _socket
+import time
+
+from qtools.core import seconds
 
 PORT = 6379
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -47,10 +50,7 @@ def unquote(text):
 
 
 def _seconds(text):
-    value = float(text)
-    if not 0 < value <= 86400:  # nan too: 0 would make the socket non-blocking
-        raise ValueError(text)
-    return value
+    return seconds(text, 86400)  # a day: any longer is a typing mistake
 
 
 OPTIONS = {"db": int, "password": str, "socket_timeout": _seconds,
@@ -140,8 +140,9 @@ def _first_error(reply):
 class Client:
     """One connection to one Redis server, opened at the first command.
 
-    timeout (seconds) bounds the connection and each wait for reply bytes;
-    the URL's socket_connect_timeout and socket_timeout set each apart.
+    timeout (seconds) bounds the connection and, from the moment the
+    commands are sent, the whole of their replies; the URL's
+    socket_connect_timeout and socket_timeout set each apart.
     """
 
     def __init__(self, url, timeout=None):
@@ -149,6 +150,7 @@ class Client:
         self.timeout = self.settings.get("socket_timeout", timeout)
         self.connect_timeout = self.settings.get("socket_connect_timeout", timeout)
         self.sock, self._buf, self._at = None, bytearray(), 0
+        self._deadline = None
 
     def command(self, *args):
         """Send one command; return its reply."""
@@ -174,7 +176,12 @@ class Client:
         try:
             if self.sock is None:
                 self._connect()
+            self.sock.settimeout(self.timeout)  # _fill may have left less
             self.sock.sendall(data)
+            if self.timeout is not None:
+                # one limit for all the replies: a server that drips them
+                # a byte at a time must not stretch the wait
+                self._deadline = time.monotonic() + self.timeout
             replies = [self._reply() for _ in commands]
         except BaseException:
             self.close()  # a stream out of step must never be read again
@@ -214,14 +221,19 @@ class Client:
         # first command, that command would still run after a failed SELECT,
         # in database 0.
         hello = []
-        if s["password"]:
-            hello.append(("AUTH",) + ((s["user"],) if s["user"] else ()) + (s["password"],))
+        if s["password"] or s["user"]:  # an ACL user may have no password (nopass)
+            hello.append(("AUTH",) + ((s["user"],) if s["user"] else ()) + (s["password"] or "",))
         if s["db"]:
             hello.append(("SELECT", s["db"]))
         if hello:
             self._run(hello)
 
     def _fill(self):
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            self.sock.settimeout(left)
         data = self.sock.recv(65536)
         if not data:
             raise ConnectionError("connection closed by the server")
@@ -256,7 +268,8 @@ class Client:
                 while len(self._buf) - self._at < size + 2:
                     self._fill()
                 self._at += size + 2
-                return bytes(self._buf[self._at - size - 2:self._at - 2])
+                if self._buf[self._at - 2:self._at] == b"\r\n":
+                    return bytes(self._buf[self._at - size - 2:self._at - 2])
         except ValueError:
             pass
         raise ConnectionError("not a Redis reply: %r" % line[:40])
@@ -267,5 +280,16 @@ def _tls(sock, settings):
 
     context = ssl.create_default_context(cafile=settings.get("ssl_ca_certs"))
     if "ssl_certfile" in settings:
-        context.load_cert_chain(settings["ssl_certfile"], settings.get("ssl_keyfile"))
+        files = [settings["ssl_certfile"]]
+        if "ssl_keyfile" in settings:
+            files.append(settings["ssl_keyfile"])
+        try:
+            # An empty password: OpenSSL would otherwise ask for a locked
+            # key's pass phrase on the terminal, which under tcpserver is
+            # the SMTP client.
+            context.load_cert_chain(*files, password="")
+        except ssl.SSLError:
+            # OpenSSL's own words here are "PEM lib", whatever the cause
+            raise ssl.SSLError(0, "no certificate and key in %s, or a key locked by a pass phrase"
+                               % " and ".join(files)) from None
     return context.wrap_socket(sock, server_hostname=settings["host"])

@@ -133,6 +133,9 @@ class Scripted:
     def __init__(self, replies, size=65536):
         self.replies, self.size, self.sent, self.closed = replies, size, b"", False
 
+    def settimeout(self, seconds):
+        pass
+
     def sendall(self, data):
         self.sent += data
 
@@ -222,7 +225,7 @@ class TestReplies:
         assert sock.closed and client.sock is None
 
     @pytest.mark.parametrize("wire", [b"220 mail.example ESMTP\r\n", b":x\r\n", b"$abc\r\n",
-                                      b"*1\r\n?\r\n"])
+                                      b"*1\r\n?\r\n", b"$2\r\nabcd\r\n", b"$1\r\nab\r\n"])
     def test_not_redis(self, wire):
         """Bytes that are no RESP2 reply (another service on the port) raise ConnectionError."""
         client = scripted_client(wire)
@@ -253,6 +256,31 @@ class TestReplies:
             client.command("PING")
         assert 0.25 < time.monotonic() - start < 2
         theirs.close()
+
+    def test_dripped_reply_times_out(self):
+        """The limit is for the whole reply: a byte every 0.1 s does not stretch it."""
+        ours, theirs = socket.socketpair()
+        client = Client("redis://127.0.0.1/0", 0.5)
+        client.sock = ours
+        reply = b"$40\r\n" + b"x" * 40 + b"\r\n"  # 4.8 s at that pace
+
+        def drip():
+            try:
+                for byte in reply:
+                    theirs.sendall(bytes([byte]))
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the client has let go
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="^timed out$"):
+            client.command("GET", "k")
+        assert 0.45 < time.monotonic() - start < 1.5
+        assert client.sock is None
+        theirs.close()
+        dripper.join(10)
 
 
 # --- a fake server that records what it is sent ------------------------------------
@@ -312,6 +340,7 @@ class TestConnect:
             ("user:pw@", 0, [[b"AUTH", b"user", b"pw"]]),
             ("", 3, [[b"SELECT", b"3"]]),
             (":p%40w@", 2, [[b"AUTH", b"p@w"], [b"SELECT", b"2"]]),
+            ("user:@", 0, [[b"AUTH", b"user", b""]]),  # an ACL user with nopass
         ],
     )
     def test_auth_and_select_before_the_first_command(self, credentials, db, hello):
@@ -481,4 +510,31 @@ class TestTLS:
         """Without ssl_ca_certs the self-signed server is not trusted."""
         with pytest.raises(ssl.SSLCertVerificationError):
             Client(tls_server[0], 2.0).command("PING")
+
+    def test_encrypted_key_never_reads_the_client(self, tls_server, tmp_path):
+        """A key file with a pass phrase fails like a bad key; OpenSSL does not ask for it.
+
+        Under tcpserver there is no terminal, and OpenSSL's prompt would read
+        the pass phrase from standard input: the SMTP client.
+        """
+        settings = parse_url(tls_server[1])
+        locked = str(tmp_path / "locked.pem")
+        subprocess.run(["openssl", "pkey", "-in", settings["ssl_keyfile"], "-aes256",
+                        "-passout", "pass:secret", "-out", locked], check=True, capture_output=True)
+        url = tls_server[1].replace(settings["ssl_keyfile"], locked)
+        script = (
+            "import sys\n"
+            "from qtools.resp import Client\n"
+            "try:\n"
+            "    Client(sys.argv[1], 2.0).command('PING')\n"
+            "    print('connected')\n"
+            "except OSError as error:\n"
+            "    print(type(error).__name__, error)\n"
+            "print(sys.stdin.buffer.read())\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script, url], input=b"secret\n",
+                              capture_output=True, timeout=20, start_new_session=True)
+        assert done.stdout.decode() == (
+            "SSLError no certificate and key in %s and %s, or a key locked by a pass phrase\n"
+            "b'secret\\n'\n" % (settings["ssl_certfile"], locked)), done.stderr
 
