@@ -95,6 +95,8 @@ def plain_addresses(data):
     text = data.lower()
     if text[-1:] != b"\n":
         text += b"\n"
+    if b"\r" in text:  # a list written on Windows: the per-line parse strips the CR too
+        text = text.replace(b"\r\n", b"\n")
     if text.translate(None, _VISIBLE + b"\n") or text[:1] in b"#-":
         return None
     if re.search(rb"\n[#-]", text):  # a comment or a -address

@@ -288,11 +288,24 @@ class TestParseAddresses:
             (b"a@b@x.example\nc.example\n", False),
             (b"a@x..example\n", False),
             (b"a@x.example \n", False),
+            (b"a@x.example\r\nb@x.example\r\n@z.example\r", True),
+            (b"a@x.example\r\na@x.example\n", False),
+            (b"a@x.example\rb@x.example\n", False),
+            (b"a@x.example\r\r\n", False),
         ],
     )
     def test_whole_list_path_taken(self, data, taken):
         """Bare distinct addresses take the whole-text path; anything else the per-line one."""
         assert (rules.plain_addresses(data) is not None) == taken
+
+    def test_crlf_list_reads_as_the_lf_one(self):
+        """A list written on Windows gives the records of the same list with LF ends."""
+        crlf = b"Joe@X.example\r\n@y.example\r\nann@x.example\r\n"
+        records = list(rules.plain_addresses(crlf))
+        assert records == list(rules.plain_addresses(crlf.replace(b"\r", b"")))
+        assert (records, []) == collect(rules.addresses, b"\n".join(mkcdb.lines_of(crlf)))
+        assert records == [(b"joe@x.example", b""), (b"@y.example", b""), (b"ann@x.example", b""),
+                           (b"x.example", b""), (b"y.example", b"")]
 
     def test_duplicates(self):
         """A repeated key is reported, not fatally, and the first line wins."""
