@@ -12,7 +12,7 @@ USAGE = (
     " | -D dir ip..."
 )
 OVERRIDE = "QTOOLS_GREYLIST"
-STORE = "QTOOLS_GREYLIST_STORE"  # replaces DIR for a connection: tcp.smtp picks the store
+STORE = "QTOOLS_GREYLIST_STORE"  # replaces dir for a connection: tcp.smtp picks the store
 
 # SMTP replies.
 DEFER = "greylisted, try again in %d seconds (#4.7.1)"

@@ -326,7 +326,7 @@ class TestTranscript:
             rb"greylist: 192.0.2.99 pid x: pass key=192.0.2.0/24 state=pass age=\d+\n", second.err)
 
     def test_variable_selects_store(self, redis, tmp_path):
-        """--- $QTOOLS_GREYLIST_STORE replaces DIR for a connection, not for a command."""
+        """--- $QTOOLS_GREYLIST_STORE replaces dir for a connection, not for a command."""
         env = {"TCPREMOTEIP": "192.0.2.7", "QTOOLS_GREYLIST_STORE": redis.url}
         result = run_prog(["greylist", str(tmp_path), "echo"], env, SESSION)
         assert b"state=new" in result.err
