@@ -457,6 +457,36 @@ class TestBareLf:
         assert proxy.bare_lf(data, start, stop) == slow_bare_lf(data, start, stop)
 
 
+class TestSpawn:
+    """Tests for `spawn`: the child on a socketpair as its fds 0 and 1."""
+
+    def test_child_talks_on_the_socket(self):
+        """The child reads what we send on fd 0 and writes on fd 1 back to us."""
+        pid, sock = proxyio.spawn(["sh", "-c", "read line; echo got $line"], dict(os.environ))
+        try:
+            sock.sendall(b"hello\n")
+            sock.settimeout(10)
+            assert sock.recv(100) == b"got hello\n"
+        finally:
+            sock.close()
+            assert proxyio.reap(pid, grace=10) == (0, False)
+
+    def test_backend_queue_is_asked_for(self):
+        """The socket toward the child may queue more than a plain socketpair's default."""
+        import _socket
+
+        plain, other = _socket.socketpair()
+        default = plain.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF)
+        plain.close()
+        other.close()
+        pid, sock = proxyio.spawn(["true"], dict(os.environ))
+        try:
+            assert sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF) > default
+        finally:
+            sock.close()
+            proxyio.reap(pid, grace=10)
+
+
 class TestReap:
     """Tests for `reap`: the child's status as soon as it ends, and an end to a child that stays."""
 
