@@ -22,7 +22,11 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import REPO, RUNS, VENV_BIN, measure_many, table  # noqa: E402
+from common import REPO, VENV_BIN, measure_many, table  # noqa: E402
+
+# A run takes a tenth of a second and varies by a fifth: a median of five
+# moved the ratio past the target and back between make bench runs.
+RUNS = int(os.environ.get("BENCH_RUNS", "21"))
 
 MB = int(os.environ.get("BENCH_MB", "10"))
 SINK = [sys.executable, os.path.join(REPO, "examples", "smtpsink")]
@@ -112,7 +116,7 @@ def main():
         ("%d MB session into a block reader: proxy, wall" % MB, through[0], bare[0],
          "reader alone", None, "s"),
     ]
-    failures = table(rows, "proxy throughput (median of runs)")
+    failures = table(rows, "proxy throughput, medians of %d runs" % RUNS)
     print("proxy CPU per MB: %.1f ms" % (1000 * (through[1] - bare[1]) / MB))
     return 1 if failures else 0
 
