@@ -7,8 +7,9 @@ lines, QUIT) is fed on standard input to the demo sink alone, then to
 `validrcptto tarpit sink`, where both checks are live (a valid recipient,
 TARPITCOUNT above the number of recipients) so the message crosses the
 proxy.  `cat | sink` shows what a relay that only copies bytes costs by
-itself, the floor under any proxy.  A second pair does the same with a backend that answers like qmail-smtpd
-and swallows the message in large blocks, so that the proxy's own cost is not hidden behind the sink's.
+itself, the floor under any proxy.  A second pair does the same with a
+backend that answers like qmail-smtpd and swallows the message in large
+blocks, so that the proxy's own cost is not hidden behind the sink's.
 Target (issue 9): the proxy adds at most 30% to the wall time with the sink;
 the proxy's CPU per megabyte is reported.
 """
