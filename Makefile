@@ -4,9 +4,11 @@ VENV ?= .venv
 PREFIX ?= /usr/local
 DESTDIR ?=
 MANDIR ?= $(PREFIX)/share/man
-PROGRAMS = greylist rblcheck rhostcheck tarpit validrcptto qtools-mkcdb
+PROGRAMS = greylist rblcheck rhostcheck tarpit validrcptto qtools-mkcdb qtools-queue
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
 DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools
+# qtools-queue's scanners: spamd (its own package since Debian 12) and clamd.
+DEBS += spamassassin spamd spamc clamav clamav-daemon
 
 VPY = $(VENV)/bin/python
 
