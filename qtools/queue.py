@@ -187,12 +187,16 @@ def decide(p, spam, virus, noreject=False, relay=False, ov=None):
 
 
 def local_client(ip):
-    """True for a local injection (no TCPREMOTEIP) and loopback clients."""
-    parsed = core.parse_ip(ip) if ip != "-" else None
-    if parsed is None:
-        return ip == "-"
-    packed = parsed[1]
-    return packed[0] == 127 if len(packed) == 4 else packed == b"\0" * 15 + b"\1"
+    """True for a local injection (no TCPREMOTEIP) and for 127.0.0.1 and ::1.
+
+    Those are the addresses programs on this host connect from; the rest
+    of 127.0.0.0/8 is left to stand for other clients, as the demo and
+    the tests use it.
+    """
+    if ip == "-":
+        return True
+    parsed = core.parse_ip(ip)
+    return parsed is not None and parsed[1] in (b"\x7f\0\0\x01", b"\0" * 15 + b"\x01")
 
 
 @core.main_of(PROG, USAGE)

@@ -91,7 +91,10 @@ def run_queue(tmp, message, env_bytes, env=None, text_fd=None, timeout=60, messa
     with open(message_path, "rb") as stdin, open(env_path, "rb") as stdout:
 
         def child_setup():
-            os.dup2(writer, text_fd)
+            if writer == text_fd:
+                os.set_inheritable(writer, True)  # dup2 onto itself keeps close-on-exec
+            else:
+                os.dup2(writer, text_fd)
 
         process = subprocess.Popen([QUEUE], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
                                    env=environ, preexec_fn=child_setup if text_fd else None,
