@@ -12,11 +12,13 @@ import pytest
 from qtools import core
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROGRAMS = sorted(core.PROGRAMS) + ["qtools-mkcdb"]
+# Programs that are not chain programs, with their modules.
+OTHERS = {"qtools-mkcdb": "qtools.mkcdb", "qtools-queue": "qtools.queue"}
+PROGRAMS = sorted(core.PROGRAMS) + sorted(OTHERS)
 
 
 def module_of(program):
-    return "qtools.mkcdb" if program == "qtools-mkcdb" else core.PROGRAMS[program]
+    return OTHERS.get(program) or core.PROGRAMS[program]
 
 
 def man_synopsis(program):

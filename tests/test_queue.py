@@ -495,3 +495,17 @@ def test_check_option(tmp_path, standin, fakes):
 def test_usage():
     run = run_prog(["qtools-queue", "-c", "extra"])
     assert run.rc == 100 and b"qtools-queue: usage: " in run.err
+
+
+def test_scan_path_loads_nothing_heavy(tmp_path, standin, fakes):
+    """Each message costs a start-up: the scan path stays on cheap modules."""
+    from test_imports import HEAVY, imported
+
+    env, out = standin
+    server = fakes(SPAMD_OK)
+    run = run_queue(tmp_path, MESSAGE, ONE, dict(env, QTOOLS_SPAMD=server.path, PYTHONPROFILEIMPORTTIME="1",
+                                                 QTOOLS_SPAM_QUARANTINE="1", QTOOLS_QUARANTINE=str(tmp_path)))
+    assert run.rc == 0
+    loaded = imported(run.err)
+    assert "qtools.spamc" in loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in HEAVY) == []
