@@ -239,28 +239,37 @@ def test_spamd_user_with_control_characters_is_left_out():
     assert b"User" not in spamc.request("SYMBOLS", 3, None)
 
 
-@pytest.mark.parametrize(("answer", "kind"), [
-    (b"garbage", "protocol"),
-    (b"", "closed"),
-    (b"SPAMD/1.0 76 Bad header line: x\r\n", "error"),
-    (b"SPAMD/1.1 0 EX_OK\r\nSpam: Maybe ; 1 / 5\r\n\r\n", "protocol"),
-    (b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; x / 5\r\n\r\n", "protocol"),
-    (b"SPAMD/1.1 0 EX_OK\r\nContent-length: 9\r\nSpam: True ; 9 / 5\r\n\r\nGTUBE", "protocol"),
-    (b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\n\r\n", "protocol"),
-])
-def test_spamd_bad_answers(answer, kind):
+BAD_ANSWERS = [
+    (spamc, b"garbage", "protocol"),
+    (spamc, b"", "closed"),
+    (spamc, b"SPAMD/1.0 76 Bad header line: x\r\n", "error"),
+    (spamc, b"SPAMD/1.1 0 EX_OK\r\nSpam: Maybe ; 1 / 5\r\n\r\n", "protocol"),
+    (spamc, b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; x / 5\r\n\r\n", "protocol"),
+    (spamc, b"SPAMD/1.1 0 EX_OK\r\nContent-length: 9\r\nSpam: True ; 9 / 5\r\n\r\nGTUBE", "protocol"),
+    (spamc, b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\n\r\n", "protocol"),
+    (clamd, b"INSTREAM size limit exceeded. ERROR\0", "toobig"),
+    (clamd, b"stream: Can't allocate memory ERROR\0", "error"),
+    (clamd, b"\xffjunk", "protocol"),
+    (clamd, b"", "closed"),
+]
+
+
+@pytest.mark.parametrize(("module", "answer", "kind"), BAD_ANSWERS)
+def test_bad_answers(module, answer, kind):
     with pytest.raises(ScanError) as info:
-        spamc.parse(answer)
+        module.parse(answer)
     assert info.value.kind == kind
 
 
+@pytest.mark.parametrize("scanner", ["spamd", "clamd"])
 @pytest.mark.parametrize(("behaviour", "kind"), [("hung", "timeout"), ("closed", "closed"),
                                                  ("garbage", "protocol")])
-def test_spamd_misbehaving(fakes, spool, behaviour, kind):
-    server = fakes(behaviour)
+def test_misbehaving_servers(fakes, spool, scanner, behaviour, kind):
+    server = fakes(behaviour, terminator=b"\0\0\0\0" if scanner == "clamd" else None)
+    ask = spamc.check if scanner == "spamd" else clamd.scan
     start = time.monotonic()
     with pytest.raises(ScanError) as info:
-        spamc.check(("unix", server.path), spool(b"x\n"), 2, 0.5)
+        ask(("unix", server.path), spool(b"x\n"), 2, 0.5)
     assert info.value.kind == kind
     assert time.monotonic() - start < 3
 
@@ -296,27 +305,6 @@ def test_clamd_chunks_and_answer(fakes, spool):
 ])
 def test_clamd_answers(answer, result):
     assert clamd.parse(answer) == result
-
-
-@pytest.mark.parametrize(("answer", "kind"), [
-    (b"INSTREAM size limit exceeded. ERROR\0", "toobig"),
-    (b"stream: Can't allocate memory ERROR\0", "error"),
-    (b"\xffjunk", "protocol"),
-    (b"", "closed"),
-])
-def test_clamd_bad_answers(answer, kind):
-    with pytest.raises(ScanError) as info:
-        clamd.parse(answer)
-    assert info.value.kind == kind
-
-
-@pytest.mark.parametrize(("behaviour", "kind"), [("hung", "timeout"), ("closed", "closed"),
-                                                 ("garbage", "protocol")])
-def test_clamd_misbehaving(fakes, spool, behaviour, kind):
-    server = fakes(behaviour, terminator=b"\0\0\0\0")
-    with pytest.raises(ScanError) as info:
-        clamd.scan(("unix", server.path), spool(b"x\n"), 2, 0.5)
-    assert info.value.kind == kind
 
 
 # --- the program, with the stand-in qmail-queue and fake scanners ----------------
