@@ -26,6 +26,15 @@ class EnvelopeError(Exception):
         self.text = text
 
 
+class ReadError(Exception):
+    """fd 0 or fd 1 cannot be read: what (the message, the envelope) and the OSError."""
+
+    def __init__(self, what, error):
+        super().__init__(what, error)
+        self.what = what
+        self.error = error
+
+
 def tmpfile(directory):
     """Return a read-write fd of a new private file in directory that no name points to."""
     try:
@@ -54,7 +63,10 @@ def spool(source, fd):
     """Copy source to fd until EOF; return the number of bytes."""
     size = 0
     while True:
-        data = os.read(source, CHUNK)
+        try:
+            data = os.read(source, CHUNK)
+        except OSError as error:
+            raise ReadError("the message", error) from None
         if not data:
             return size
         write_all(fd, data)
@@ -65,7 +77,10 @@ def read_envelope(source):
     """Read fd source to EOF (the envelope; qmail-smtpd closes it when done)."""
     parts, total = [], 0
     while True:
-        data = os.read(source, CHUNK)
+        try:
+            data = os.read(source, CHUNK)
+        except OSError as error:
+            raise ReadError("the envelope", error) from None
         if not data:
             return b"".join(parts)
         total += len(data)

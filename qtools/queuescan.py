@@ -12,9 +12,11 @@ import os
 import time
 
 from qtools import core, queuemsg
-from qtools.queue import (EXIT_REFUSED, EXIT_TEMP, EXIT_TEXT, EXIT_WRITE, PROG,
+from qtools.queue import (EXIT_READ, EXIT_REFUSED, EXIT_TEMP, EXIT_TEXT, EXIT_WRITE, PROG,
                           decide, local_client, policy)
 from qtools.scansock import ScanError, show
+
+DEATH = 86400
 
 
 def _drain(fd):
@@ -26,6 +28,9 @@ def _drain(fd):
 
 
 def run(environ):
+    import _signal
+
+    _signal.alarm(DEATH)  # as qmail-queue: nothing hangs for ever on a stuck descriptor
     start = time.monotonic()
     environ.pop("QMAILQUEUE", None)  # nothing we run may come back here
     ip = core.clean(environ.get("TCPREMOTEIP") or environ.get("TCP6REMOTEIP") or "-", 64)
@@ -46,6 +51,10 @@ def run(environ):
         _drain(0), _drain(1)
         core.fatal(PROG, "unable to spool the message in %s: %s" % (p.tmpdir, core.strerror(error)))
         return EXIT_WRITE
+    except queuemsg.ReadError as error:
+        _drain(0), _drain(1)
+        core.fatal(PROG, "unable to read %s: %s" % (error.what, core.strerror(error.error)))
+        return EXIT_READ
     try:
         sender, recipients = queuemsg.parse_envelope(data)
     except queuemsg.EnvelopeError as error:
@@ -65,10 +74,12 @@ def run(environ):
     d = decide(p, spam, virus, noreject, relay, ov)
     fields = _fields(sender, recipients, size, spam, virus, d)
     code = _act(p, d, fd, size, sender, recipients, ip, fields)
-    if code is None:  # deliver: log, then exec
-        core.log(PROG, ip, d.action, fields + _tail(start, recipients, d.why))
-        return _exec(p, d, fd, size, data, environ)
+    if code is None and not os.access(p.qmailqueue, os.X_OK):
+        core.warn(PROG, "unable to run %s: %s" % (p.qmailqueue, "not an executable file"))
+        d.action, d.why, code = "tempfail", "qmail-queue", EXIT_TEMP
     core.log(PROG, ip, d.action, fields + _tail(start, recipients, d.why))
+    if code is None:  # deliver: logged, now exec
+        return _exec(p, d, fd, size, data, environ)
     return code
 
 

@@ -457,7 +457,7 @@ def test_override_and_bad_configuration(tmp_path, standin):
     assert (run.rc, queued(out)) == (71, [])
     assert b"qtools-queue: fatal: invalid $QTOOLS_SPAM_REJECT: x: message refused for now" in run.err
     run = run_queue(tmp_path, MESSAGE, ONE, dict(env, QTOOLS_QMAILQUEUE=str(tmp_path / "none")))
-    assert run.rc == 71 and b"unable to run" in run.err
+    assert run.rc == 71 and b"unable to run" in run.err and " tempfail " in run.log()
 
 
 def test_check_option(tmp_path, standin, fakes):
@@ -497,3 +497,11 @@ def test_scan_path_loads_nothing_heavy(tmp_path, standin, fakes):
     loaded = imported(run.err)
     assert "qtools.spamc" in loaded
     assert sorted(m for m in loaded if m.split(".")[0] in HEAVY) == []
+
+
+def test_unreadable_envelope_descriptor(standin):
+    """fd 1 open for writing only (not qmail-smtpd's pipe): 54, nothing queued."""
+    env, out = standin
+    run = run_prog(["qtools-queue"], env=env, stdin=MESSAGE)
+    assert (run.rc, queued(out)) == (54, [])
+    assert b"qtools-queue: fatal: unable to read the envelope: bad file descriptor" in run.err
