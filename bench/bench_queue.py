@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, HERE)
 
 from common import RUNS, VENV_BIN, measure_many, table  # noqa: E402
-from helpers_queue import GTUBE, envelope, spamd_binary, start_spamd  # noqa: E402
+from helpers_queue import GTUBE, envelope, peak_rss, spamd_binary, start_spamd  # noqa: E402
 
 STANDIN = "#!/bin/sh\ncat > /dev/null\ncat <&1 > /dev/null\n"
 HAM = (b"From: alice@example.org\nTo: joe@example.com\nSubject: lunch\n"
@@ -53,7 +53,7 @@ def main():
         return 0
     top = tempfile.mkdtemp(prefix="bench_queue.")
     os.chmod(top, 0o755)
-    spamd = start_spamd(os.path.join(top, "spamd"))
+    spamd = start_spamd()
     try:
         return run(top, spamd.socket)
     finally:
@@ -80,13 +80,13 @@ def run(top, sock):
         rows.append(("%s: CPU per message (spamd's excluded)" % label, oc * 1000, tc * 1000, "spamc | qq",
                      None, "ms"))
     failures = table(rows, "qtools-queue vs qmail-spamc's way, same spamd (%d runs, medians)" % RUNS)
-    small, large = peak_rss(top, queue, standin, env_file, 1), peak_rss(top, queue, standin, env_file, 50)
+    small, large = message_rss(top, standin, env_file, 1), message_rss(top, standin, env_file, 50)
     failures += table([("peak RSS, 50 MB message vs 1 MB", large, small, "1 MB message", 1.2, "MB")],
                       "qtools-queue's memory (maximum resident set of the process)")
     return 1 if failures else 0
 
 
-def peak_rss(top, queue, standin, env_file, megabytes):
+def message_rss(top, standin, env_file, megabytes):
     """Return qtools-queue's peak RSS in MB for a message of megabytes (not sent to spamd)."""
     path = os.path.join(top, "big.msg")
     with open(path, "wb") as f:
@@ -94,18 +94,12 @@ def peak_rss(top, queue, standin, env_file, megabytes):
         line = b"y" * 76 + b"\n"
         for _ in range(megabytes * 13797):
             f.write(line)
-    code = ("import os, resource, sys\n"
-            "m = os.open(sys.argv[1], os.O_RDONLY); e = os.open(sys.argv[2], os.O_RDONLY)\n"
-            "pid = os.fork()\n"
-            "if pid == 0:\n"
-            "    os.dup2(m, 0); os.dup2(e, 1); os.execv(sys.argv[3], [sys.argv[3]])\n"
-            "_, status, usage = os.wait4(pid, 0)\n"
-            "print(usage.ru_maxrss)\n")
     env = {"PATH": "/usr/bin:/bin", "QTOOLS_SPAMD": "", "QTOOLS_QMAILQUEUE": standin, "TCPREMOTEIP": "192.0.2.7"}
-    done = subprocess.run([sys.executable, "-c", code, path, env_file, queue], env=env,
-                          capture_output=True, check=True)
+    code, peak = peak_rss(path, env_file, env)
     os.unlink(path)
-    return int(done.stdout) / 1024
+    if code != 0:
+        raise RuntimeError("qtools-queue exited %d" % code)
+    return peak
 
 
 if __name__ == "__main__":

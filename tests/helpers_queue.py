@@ -3,9 +3,11 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -195,17 +197,19 @@ def clamd_binary():
 
 
 class Daemon:
-    def __init__(self, process, socket_path, logpath):
-        self.process, self.socket, self.logpath = process, socket_path, logpath
+    def __init__(self, process, socket_path, logpath, cleanup=None):
+        self.process, self.socket, self.logpath, self.cleanup = process, socket_path, logpath, cleanup
 
     def stop(self):
         if self.process.poll() is None:
-            self.process.terminate()
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if self.cleanup:
+            shutil.rmtree(self.cleanup, ignore_errors=True)
 
     def log(self):
         with open(self.logpath, "rb") as f:
@@ -234,13 +238,18 @@ def _wait_for(path, probe, process, logpath, what, timeout):
         raise RuntimeError("%s did not start: %s" % (what, f.read()[-2000:].decode("utf-8", "replace")))
 
 
-def start_spamd(directory, timeout=90):
-    """Start spamd on a unix socket in directory: local tests only (-L), no user config (-x)."""
-    directory = str(directory)
+def start_spamd(timeout=90):
+    """Start spamd on a unix socket: local tests only (-L), no user config (-x).
+
+    Run as root it drops to nobody, who must reach its helper home and
+    TMPDIR: they live in a fresh directory of their own (pytest's are
+    private to root), removed when the daemon is stopped.
+    """
+    directory = tempfile.mkdtemp(prefix="qtools-spamd.")
     os.chmod(directory, 0o755)
     tmp = writable_tmp(directory)
-    home = os.path.join(directory, "spamd-home")
-    os.makedirs(home, exist_ok=True)
+    home = os.path.join(directory, "home")
+    os.makedirs(home)
     os.chmod(home, 0o1777)
     sock = os.path.join(directory, "spamd.sock")
     logpath = os.path.join(directory, "spamd.log")
@@ -252,8 +261,13 @@ def start_spamd(directory, timeout=90):
     with open(logpath, "wb") as log:
         process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)
-    _wait_for(sock, b"PING SPAMC/1.5\r\n\r\n", process, logpath, "spamd", timeout)
-    return Daemon(process, sock, logpath)
+    daemon = Daemon(process, sock, logpath, cleanup=directory)
+    try:
+        _wait_for(sock, b"PING SPAMC/1.5\r\n\r\n", process, logpath, "spamd", timeout)
+    except Exception:
+        daemon.stop()
+        raise
+    return daemon
 
 
 def start_clamd(directory, stream_max="20M", timeout=90):
@@ -278,9 +292,22 @@ def start_clamd(directory, stream_max="20M", timeout=90):
     return Daemon(process, sock, logpath)
 
 
-def python_rss_limit_mb():
-    """Peak RSS budget for qtools-queue: the interpreter's own size and a margin."""
-    done = subprocess.run([sys.executable, "-c", "import resource;"
-                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-                          capture_output=True, text=True, check=True)
-    return int(done.stdout) / 1024 + 30
+# Runs argv[3] with fd 0 = argv[1], fd 1 = argv[2]; prints its exit code and peak RSS in KiB.
+# The launcher is a small process of its own: a child forked from a big
+# one (pytest) would count the parent's pages in its peak.
+_LAUNCHER = """import os, sys
+m, e = os.open(sys.argv[1], os.O_RDONLY), os.open(sys.argv[2], os.O_RDONLY)
+pid = os.fork()
+if pid == 0:
+    os.dup2(m, 0); os.dup2(e, 1); os.execv(sys.argv[3], sys.argv[3:])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
+def peak_rss(message_path, envelope_path, env, argv=(QUEUE,)):
+    """Run qtools-queue on the files; return (exit code, peak RSS in MB)."""
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, message_path, envelope_path] + list(argv),
+                          env=env, capture_output=True, check=True, timeout=300)
+    code, kib = done.stdout.split()
+    return int(code), int(kib) / 1024
