@@ -9,7 +9,8 @@ STATE/lock serializes runs and -u.
 
 Redis (the URL forms of greylist): under PREFIX, "w:KEY" a hash of bucket
 counts, "b:KEY" a block, "h:KEY" the offences, "x:KEY" an exempt client,
-"p:HOST" the log positions of the host HOST.  Counts and positions go in
+"p:HOST" the log positions of the host HOST (a hash, one field a log
+directory).  Counts and positions go in
 one script (COMMIT), so a crash between them cannot count a line twice;
 a block is made by BLOCK, which refuses to make a second one, so two MX
 hosts that decide at once make one block with one offence.
@@ -24,11 +25,14 @@ PREFIX = "qtools:adaptive:"
 TIMEOUT = 10.0
 EXEMPT_TIME = 86400  # a trusted client stays exempt a day after its last line
 
-# KEYS[1] positions, KEYS[2..] windows; ARGV: positions, buckets, ttl ms,
-# then per window: n, latest bucket, n times (bucket, attempts, bad).
+# KEYS[1] positions, KEYS[2..] windows; ARGV: buckets, ttl ms, p, p times
+# (log directory, its position), then per window: n, latest bucket, n times
+# (bucket, attempts, bad).
 COMMIT = """
-redis.call('SET', KEYS[1], ARGV[1])
-local nb, ttl, at, out = tonumber(ARGV[2]), ARGV[3], 4, {}
+local nb, ttl, at, out = tonumber(ARGV[1]), ARGV[2], 4 + 2 * tonumber(ARGV[3]), {}
+for i = 4, at - 1, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
 for k = 2, #KEYS do
   local n, latest = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   at = at + 2
@@ -216,14 +220,17 @@ class RedisState:
         pass
 
     def load(self):
-        saved = self._call(self.client.command, "GET", self._key("p:", self.host))
-        self.positions = json.loads(saved) if saved else {}
+        saved = self._call(self.client.command, "HGETALL", self._key("p:", self.host))
+        self.positions = {saved[i].decode("utf-8", "surrogateescape"): json.loads(saved[i + 1])
+                          for i in range(0, len(saved), 2)}
 
     def commit(self, pending):
         """Add pending {key: {bucket: [attempts, bad]}} and the positions; return {key: (attempts, bad)}."""
         keys = sorted(pending)
-        args = [json.dumps(self.positions), self.rules.buckets,
-                int((self.rules.window + self.rules.width) * 1000)]
+        args = [self.rules.buckets, int((self.rules.window + self.rules.width) * 1000),
+                len(self.positions)]
+        for logdir, position in sorted(self.positions.items()):
+            args += [logdir.encode("utf-8", "surrogateescape"), json.dumps(position)]
         for key in keys:
             buckets = pending[key]
             args += [len(buckets), max(buckets)]

@@ -37,7 +37,9 @@ class Rules:
         self.refusals = refusals  # count rblcheck and rhostcheck refusals as bad
         self.v6_bits = v6_bits
         self.width = max(1, window // 60)  # seconds a bucket covers
-        self.buckets = max(1, -(-window // self.width))
+        # one bucket more than the window holds: a line a whole window old
+        # still counts, even when the window does not begin on a bucket
+        self.buckets = -(-window // self.width) + 1
 
 
 def classify(record, rules):
