@@ -293,3 +293,49 @@ def test_unwritable_state_is_a_temporary_failure(tmp_path):
     assert code == 111 and err.startswith("qtools-adaptive: fatal: unable to lock ")
     code, _, err = adaptive_cmd(["-a", tmp_path / "missing.cdb", tmp_path / "s", tmp_path / "b.cdb"])
     assert code == 111 and "unable to open" in err
+
+
+# --- Redis: several MX hosts block together -----------------------------------------------
+
+def test_two_hosts_block_together_through_redis(tmp_path, redis):
+    a_cdb, b_cdb = tmp_path / "a.cdb", tmp_path / "b.cdb"
+    start = time.time() - 120
+    host_a = "".join(burst("192.0.2.7", 0, 6, start)).encode()
+    host_b = "".join(burst("192.0.2.7", 5, 0, start + 6)).encode()
+    assert adaptive_cmd([redis.url, a_cdb], host_a)[0] == 0
+    assert run_prog(["qtools-mkcdb", "-n", "-q", "192.0.2.7", str(a_cdb)]).rc == 100
+    code, _, err = adaptive_cmd([redis.url, b_cdb], host_b)
+    assert code == 0 and " block until=" in err and "attempts=11 bad=6 offence=1" in err
+    assert run_prog(["qtools-mkcdb", "-n", "-q", "192.0.2.7", str(b_cdb)]).rc == 0
+    # host a learns of the block at its next run, with nothing new to read
+    assert adaptive_cmd([redis.url, a_cdb], b"")[0] == 0
+    assert a_cdb.read_bytes() == b_cdb.read_bytes()
+    code, out, _ = adaptive_cmd(["-l", redis.url, a_cdb])
+    assert out.startswith("192.0.2.7: blocked until ") and out.endswith("offence 1)\n")
+    # more bad lines while blocked make no second block
+    code, _, err = adaptive_cmd([redis.url, a_cdb], "".join(burst("192.0.2.7", 0, 5)).encode())
+    assert code == 0 and "block" not in err
+    code, _, err = adaptive_cmd(["-u", "192.0.2.7", redis.url, b_cdb])
+    assert code == 0 and "lift why=admin" in err
+    assert run_prog(["qtools-mkcdb", "-n", "-q", "192.0.2.7", str(b_cdb)]).rc == 100
+    assert adaptive_cmd(["-q", "192.0.2.7", redis.url, a_cdb])[0] == 100
+
+
+def test_two_hosts_deciding_at_once_make_one_block(tmp_path, redis):
+    lines = "".join(burst("192.0.2.7", 5, 6)).encode()
+    runs = [subprocess.Popen([os.path.join(VENV_BIN, "qtools-adaptive"), redis.url,
+                              str(tmp_path / ("%d.cdb" % n))], stdin=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=base_env()) for n in range(2)]
+    errs = [run.communicate(lines, timeout=60)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert sum(err.count(b" block until=") for err in errs) == 1
+    assert redis.command(b"GET", b"qtools:adaptive:h:192.0.2.7") == b"$1\r\n1\r\n"
+
+
+def test_redis_down_is_a_temporary_failure(tmp_path):
+    from conftest import free_port
+
+    url = "redis://127.0.0.1:%d/0" % free_port()
+    code, _, err = adaptive_cmd([url, tmp_path / "b.cdb"], fresh(5, 6))
+    assert code == 111 and err.startswith("qtools-adaptive: fatal: unable to use redis://127.0.0.1:")
+    assert not (tmp_path / "b.cdb").exists()
