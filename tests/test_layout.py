@@ -12,11 +12,14 @@ import pytest
 from qtools import core
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROGRAMS = sorted(core.PROGRAMS) + ["qtools-mkcdb"]
+# The programs run once, not in a chain.
+TOOLS = {"qtools-mkcdb": "qtools.mkcdb", "qtools-adaptive": "qtools.adaptive",
+         "qtools-list": "qtools.listedit"}
+PROGRAMS = sorted(core.PROGRAMS) + sorted(TOOLS)
 
 
 def module_of(program):
-    return "qtools.mkcdb" if program == "qtools-mkcdb" else core.PROGRAMS[program]
+    return TOOLS.get(program) or core.PROGRAMS[program]
 
 
 def man_synopsis(program):
