@@ -45,8 +45,12 @@ def follow(prog, make_run, state, rules, allow_path, flags, rest, now):
         for logdir in rest[2:]:
             if not os.path.isdir(logdir):
                 raise core.Die(core.TEMP_EXIT, "unable to read %s: not a directory" % logdir)
-            for text in follower.lines(logdir):
-                run.line(text)
+            try:
+                for text in follower.lines(logdir):
+                    run.line(text)
+            except OSError as error:
+                why = core.strerror(error)
+                raise core.Die(core.TEMP_EXIT, "unable to read %s: %s" % (logdir, why))
     else:
         for text in _stdin_lines("P" in flags):
             run.line(text)

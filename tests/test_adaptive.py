@@ -339,3 +339,17 @@ def test_redis_down_is_a_temporary_failure(tmp_path):
     code, _, err = adaptive_cmd([url, tmp_path / "b.cdb"], fresh(5, 6))
     assert code == 111 and err.startswith("qtools-adaptive: fatal: unable to use redis://127.0.0.1:")
     assert not (tmp_path / "b.cdb").exists()
+
+
+def test_unreadable_log_directory_is_a_temporary_failure(tmp_path):
+    code, _, err = adaptive_cmd([tmp_path / "s", tmp_path / "b.cdb", tmp_path / "nowhere"])
+    assert (code, err) == (111, "qtools-adaptive: fatal: unable to read %s: not a directory\n"
+                           % (tmp_path / "nowhere"))
+    if os.getuid() == 0:
+        return  # root reads what it likes
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    (logdir / "current").write_text("x\n")
+    os.chmod(logdir / "current", 0)
+    code, _, err = adaptive_cmd([tmp_path / "s", tmp_path / "b.cdb", logdir])
+    assert code == 111 and "unable to read %s: permission denied" % logdir in err
