@@ -15,7 +15,8 @@ import sys
 import time
 
 from qtools import core
-from qtools.attempts import PROGRAMS, Rules, Tracker, classify, decide, keys_of
+from qtools.attempts import PROGRAMS, Rules, Tracker, classify, decide, keys_of, quick
+from qtools.logread import parse, tai64n
 
 PROG = "qtools-adaptive"
 USAGE = (
@@ -30,6 +31,8 @@ BLOCKED = ("%s is blocked until %s: %d of its %d attempts in %s were invalid rec
 
 BATCH = 2000  # keys counted before their sums are asked of Redis
 PRUNE = 1 << 16  # lines between two sweeps of the idle windows
+# Programs whose lines count only with a why= (trust) or with -r.
+QUIET = frozenset(("rblcheck", "rhostcheck", "greylist", "tarpit"))
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -71,26 +74,45 @@ class Run:
         self.pending = {} if state.shared else None
         self.latest = {}
         self.lines = 0
+        self.keys = {}  # address text -> keys_of()
 
     def line(self, text):
         """Count one log line, if it is an attempt or says a client is trusted."""
-        from qtools.logread import parse
-
-        head = text[26:] if text[:1] == "@" else text
-        if head[:head.find(":")] not in PROGRAMS:
+        stamped = text[:1] == "@"
+        if stamped:
+            text, stamp_text = text[26:], text[:25]
+        colon = text.find(": ")
+        prog = text[:colon]
+        if prog not in PROGRAMS:
             return
-        record = parse(text, self.now)
-        if record is None or record.time is None:
-            return
-        kind = classify(record, self.rules)
+        if prog in QUIET and " why=" not in text and not self.rules.refusals:
+            return  # a pass or a deferral: nothing to count
+        if '"' in text:  # a quoted field: the whole parse
+            record = parse(text, self.now)
+            if record is None:
+                return
+            ip, kind = record.ip, classify(record, self.rules)
+        else:
+            pid = text.find(" pid ", colon)
+            verdict = text.find(": ", pid)
+            if pid < 0 or verdict < 0:
+                return
+            ip, kind = text[colon + 2:pid], quick(prog, text[verdict + 2:], self.rules)
         if kind is not None:
-            self.event(record.ip, min(record.time, self.now), kind)
+            when = tai64n(stamp_text) if stamped else self.now
+            if when is not None:
+                self.event(ip, min(when, self.now), kind)
         self.lines += 1
         if self.lines % PRUNE == 0 and self.pending is None:
             self.tracker.prune(self.now)
 
     def event(self, ip, when, kind):
-        packed, keys = keys_of(ip, self.rules)
+        found = self.keys.get(ip)
+        if found is None:
+            if len(self.keys) > PRUNE:
+                self.keys.clear()
+            found = self.keys[ip] = keys_of(ip, self.rules)
+        packed, keys = found
         if packed is None:
             return
         if kind == "exempt":

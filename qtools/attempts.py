@@ -9,6 +9,7 @@ the bad ones in buckets of a sixtieth of the window, so its memory grows
 with the clients seen in the last window, never with the lines read.
 """
 
+import re
 from collections import deque
 
 # The why= of a line that says the client is trusted: it is never blocked.
@@ -20,7 +21,7 @@ BAD_MESSAGE = frozenset(("quarantine", "drop", "reject"))
 # override and our own failure to read the cdb.
 NOT_THE_CLIENT = frozenset(("override", "failure"))
 # The programs whose lines can matter; the others are skipped unparsed.
-PROGRAMS = ("qtools-queue", "validrcptto", "rblcheck", "rhostcheck", "greylist", "tarpit")
+PROGRAMS = frozenset(("qtools-queue", "validrcptto", "rblcheck", "rhostcheck", "greylist", "tarpit"))
 
 
 class Rules:
@@ -45,17 +46,31 @@ class Rules:
 def classify(record, rules):
     """Return "good", "bad", "exempt" or None (not an attempt) for one Record."""
     fields = record.fields
-    why = fields.get("why")
+    return kind_of(record.prog, record.verdict, record.code, fields.get("why"),
+                   bool(fields.get("virus")), rules)
+
+
+_WHY = re.compile(r" why=([^ \n]*)(?= |\n|\Z)")
+
+
+def quick(prog, tail, rules):
+    """classify() read straight off tail, what follows "pid N: " in a line
+    without a double quote (so every " key=" after the verdict is a field)."""
+    whys = _WHY.findall(tail)
+    space = tail.find(" ")
+    verdict = (tail if space < 0 else tail[:space]).rstrip("\n")
+    code = int(tail[:3]) if tail[:3].isdigit() and tail[3:4] in ("", " ", "\n") else None
+    return kind_of(prog, verdict, code, whys[-1] if whys else None, " virus=" in tail, rules)
+
+
+def kind_of(prog, verdict, code, why, virus, rules):
+    """The rule behind classify() and quick(): what a line of prog says of its client."""
     if why in EXEMPT:
         return "exempt"
-    prog, verdict = record.prog, record.verdict
     if prog == "qtools-queue":
-        if fields.get("virus"):
-            return "bad"
-        if verdict in BAD_MESSAGE:
+        if virus or verdict in BAD_MESSAGE:
             return "bad"
         return "good" if verdict in GOOD_MESSAGE else None
-    code = record.code
     if prog == "validrcptto":
         if code in (553, 421) and why not in NOT_THE_CLIENT:
             return "bad"

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, VENV_BIN, base_env, run_prog
 from qtools import adaptive, cdb, core, logread
 from qtools.adaptstore import DirState
-from qtools.attempts import Rules, Tracker, ban_time, classify, decide
+from qtools.attempts import Rules, Tracker, ban_time, classify, decide, quick
 
 NOW = 1796029480.0
 BAD_RCPT = "553 sorry, this recipient is not in my validrcptto list (#5.7.1)"
@@ -79,6 +79,9 @@ def record(text):
 ])
 def test_classify(text, kind):
     assert classify(record(text), Rules()) == kind
+    # the reading without a parse agrees
+    tail = text.split(": ", 2)[2]
+    assert quick(record(text).prog, tail, Rules()) == kind
 
 
 def test_classify_counts_accepted_recipients_and_list_refusals_when_asked():
