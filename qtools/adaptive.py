@@ -103,7 +103,7 @@ class Run:
             if when is not None:
                 self.event(ip, min(when, self.now), kind)
         self.lines += 1
-        if self.lines % PRUNE == 0 and self.pending is None:
+        if self.lines % PRUNE == 0:
             self.tracker.prune(self.now)
 
     def event(self, ip, when, kind):

@@ -356,3 +356,21 @@ def test_unreadable_log_directory_is_a_temporary_failure(tmp_path):
     os.chmod(logdir / "current", 0)
     code, _, err = adaptive_cmd([tmp_path / "s", tmp_path / "b.cdb", logdir])
     assert code == 111 and "unable to read %s: permission denied" % logdir in err
+
+
+def test_redis_keeps_each_hosts_positions_so_a_restart_reads_no_line_twice(tmp_path, redis):
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    with open(logdir / "current", "w") as f:
+        f.writelines(burst("192.0.2.7", 4, 3, time.time() - 120))
+    assert adaptive_cmd([redis.url, tmp_path / "b.cdb", logdir])[0] == 0
+    assert adaptive_cmd([redis.url, tmp_path / "b.cdb", logdir])[0] == 0
+    fields = redis.command(b"HGETALL", b"qtools:adaptive:w:192.0.2.7").split(b"\r\n")
+    values = [int(v) for v in fields[2::2][1::2]]
+    assert sum(values) == 7 + 3  # attempts and bad, counted once
+    os.rename(logdir / "current", logdir / ("%s.s" % stamp(time.time())))
+    with open(logdir / "current", "w") as f:
+        f.writelines(burst("192.0.2.7", 1, 0, time.time() - 60))
+    assert adaptive_cmd([redis.url, tmp_path / "b.cdb", logdir])[0] == 0
+    fields = redis.command(b"HGETALL", b"qtools:adaptive:w:192.0.2.7").split(b"\r\n")
+    assert sum(int(v) for v in fields[2::2][1::2]) == 8 + 3
