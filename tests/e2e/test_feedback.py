@@ -157,3 +157,19 @@ def test_rotation_in_a_burst_loses_no_line_and_a_restart_reads_none_twice(tmp_pa
     assert counts(state, "127.0.0.21") == (400, 0)
     adaptive(tmp_path, state, cdb, gw.logdir)
     assert counts(state, "127.0.0.21") == (400, 0)
+
+
+def test_as_multilogs_processor(tmp_path):
+    """multilog gives each full current to qtools-adaptive -P, which blocks and keeps the lines."""
+    from test_adaptive import burst
+
+    logdir, state, cdb = tmp_path / "log", tmp_path / "state", tmp_path / "block.cdb"
+    processor = "!%s -P %s %s" % (os.path.join(VENV_BIN, "qtools-adaptive"), state, cdb)
+    lines = "".join(burst("192.0.2.7", 5, 6, time.time() - 60)).encode()
+    lines = b"".join(l.split(b" ", 1)[1] for l in lines.splitlines(True))  # multilog stamps them
+    filler = b"".join(b"greylist: 192.0.2.%d pid 1: pass\n" % (n % 200) for n in range(400))
+    subprocess.run(["multilog", "t", "s4096", "n100", processor, str(logdir)],
+                   input=lines + filler, env=base_env(), check=True, timeout=60)
+    assert blocked(cdb, "192.0.2.7")
+    archived = b"".join((logdir / n).read_bytes() for n in sorted(os.listdir(logdir)) if n[:1] == "@")
+    assert archived.count(b"validrcptto: 192.0.2.7 pid") == 6  # the processor's output is the archive
