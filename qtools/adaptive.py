@@ -16,7 +16,7 @@ import time
 
 from qtools import core
 from qtools.attempts import PROGRAMS, Rules, Tracker, classify, decide, keys_of, quick
-from qtools.logread import parse, tai64n
+from qtools.logread import parse as parse_line, tai64n
 
 PROG = "qtools-adaptive"
 USAGE = (
@@ -88,7 +88,7 @@ class Run:
         if prog in QUIET and " why=" not in text and not self.rules.refusals:
             return  # a pass or a deferral: nothing to count
         if '"' in text:  # a quoted field: the whole parse
-            record = parse(text, self.now)
+            record = parse_line(text, self.now)
             if record is None:
                 return
             ip, kind = record.ip, classify(record, self.rules)
@@ -192,8 +192,8 @@ def write_cdb(path, text):
     return True
 
 
-def parse(argv):
-    """Return (rules, options dict, rest)."""
+def options_of(argv):
+    """Return (rules, flag letters, command or None, allow cdb or None, state cdb [logdir...])."""
     options, rest = core.getopt(argv, "BPRrw:c:p:t:m:a:q:lu:")
     rules, flags, command = {}, set(), None
     times = {"w": "window", "t": "bantime", "m": "maxtime"}
@@ -225,7 +225,7 @@ def main(argv, environ):
     from qtools import adaptrun
     from qtools.adaptstore import StateError, open_state
 
-    rules, flags, command, allow_path, rest = parse(argv)
+    rules, flags, command, allow_path, rest = options_of(argv)
     state = open_state(rest[0], rules)
     now = time.time()
     try:

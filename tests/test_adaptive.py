@@ -374,3 +374,16 @@ def test_redis_keeps_each_hosts_positions_so_a_restart_reads_no_line_twice(tmp_p
     assert adaptive_cmd([redis.url, tmp_path / "b.cdb", logdir])[0] == 0
     fields = redis.command(b"HGETALL", b"qtools:adaptive:w:192.0.2.7").split(b"\r\n")
     assert sum(int(v) for v in fields[2::2][1::2]) == 8 + 3
+
+
+def test_lines_with_quoted_fields_are_read_whole(tmp_path):
+    # a null sender is logged from=""; a recipient with a space in quotes
+    # cannot pass for a why= of its own
+    lines = [message("192.0.2.7", "reject", when=NOW + n, **{"from": ""}) for n in range(3)]
+    lines += [line("validrcptto", "192.0.2.7", BAD_RCPT,
+                   (("rcpt", "a why=override b"), ("why", "notfound")), NOW + 3 + n)
+              for n in range(3)]
+    assert all('"' in text for text in lines)
+    lines += [message("192.0.2.7", when=NOW + 10 + n) for n in range(5)]
+    state = run_lines(tmp_path, lines, NOW + 60)
+    assert state.current(NOW + 60)["192.0.2.7"]["bad"] == 6
