@@ -10,7 +10,6 @@ earlier block (at most -m).  The blocks go to a qtools-mkcdb -n cdb that
 rblcheck -D reads, with a reply naming the reason and the end.
 """
 
-import os
 import sys
 import time
 
@@ -177,7 +176,7 @@ def records(blocks, rules, permanent):
     return "".join(lines).encode("ascii")
 
 
-def write_cdb(path, text):
+def write_cdb(path, text, writer="auto"):
     """Build path from -n text unless it already holds exactly those records; return True if written."""
     from qtools import cdb, mkcdb
 
@@ -188,7 +187,7 @@ def write_cdb(path, text):
                 return False
     except OSError:
         pass
-    mkcdb.build("n", path, text, path, None, os.environ.get("QTOOLS_CDB_WRITER") or "auto")
+    mkcdb.build("n", path, text, path, None, writer)
     return True
 
 
@@ -228,10 +227,11 @@ def main(argv, environ):
     rules, flags, command, allow_path, rest = options_of(argv)
     state = open_state(rest[0], rules)
     now = time.time()
+    writer = environ.get("QTOOLS_CDB_WRITER") or "auto"
     try:
         if command is not None:
-            return adaptrun.command(PROG, command, state, rules, rest[1], "B" in flags, now)
-        return adaptrun.follow(PROG, Run, state, rules, allow_path, flags, rest, now)
+            return adaptrun.command(PROG, command, state, rules, rest[1], flags, now, writer)
+        return adaptrun.follow(PROG, Run, state, rules, allow_path, flags, rest, now, writer)
     except StateError as error:
         raise core.Die(core.TEMP_EXIT, str(error))
     finally:

@@ -31,7 +31,7 @@ def _stdin_lines(copy):
         out.flush()
 
 
-def follow(prog, make_run, state, rules, allow_path, flags, rest, now):
+def follow(prog, make_run, state, rules, allow_path, flags, rest, now, writer):
     """Read the new lines of each logdir (or standard input), then write the cdb."""
     from qtools import adaptive, logread
 
@@ -64,11 +64,11 @@ def follow(prog, make_run, state, rules, allow_path, flags, rest, now):
         blocks = {k: v for k, v in blocks.items()
                   if not run.allowed(k, core.parse_ip(k.split("/")[0])[1])}
     text = adaptive.records(blocks, rules, "B" in flags)
-    adaptive.write_cdb(rest[1], text)
+    adaptive.write_cdb(rest[1], text, writer)
     return 0
 
 
-def command(prog, command, state, rules, cdb_path, permanent, now):
+def command(prog, command, state, rules, cdb_path, flags, now, writer):
     """-q ip: say whether ip is blocked; -l: list the blocks; -u ip: lift a block."""
     from qtools import adaptive
 
@@ -81,7 +81,7 @@ def command(prog, command, state, rules, cdb_path, permanent, now):
         if not state.shared:
             state.save(state.windows, now)
         blocks = state.current(now)
-        adaptive.write_cdb(cdb_path, adaptive.records(blocks, rules, permanent))
+        adaptive.write_cdb(cdb_path, adaptive.records(blocks, rules, "B" in flags), writer)
         if not found:
             raise core.Die(core.USAGE_EXIT, "%s is not blocked" % key)
         core.log(prog, key, "lift", (("why", "admin"),))

@@ -62,7 +62,7 @@ def delete(lines, entries):
     return [line for line in lines if line_key(line) not in keys]
 
 
-def replace(path, lines):
+def replace(path, lines, writer="auto"):
     """Check the new text, build its cdb, then put the text in place."""
     from qtools import mkcdb
 
@@ -77,7 +77,6 @@ def replace(path, lines):
         mtime = os.stat(temporary).st_mtime_ns
     except OSError as error:
         raise core.Die(core.TEMP_EXIT, "unable to write %s: %s" % (temporary, core.strerror(error)))
-    writer = os.environ.get("QTOOLS_CDB_WRITER") or "auto"
     try:
         # the cdb carries the text's mtime: qtools-mkcdb -s sees it up to date
         mkcdb.build("n", path, data, path + ".cdb", None, writer, mtime)
@@ -157,7 +156,7 @@ def main(argv, environ):
                 lines = add(lines, args[0], " ".join(args[1:]))
             else:
                 lines = delete(lines, args)
-            replace(path, lines)
+            replace(path, lines, environ.get("QTOOLS_CDB_WRITER") or "auto")
         finally:
             os.close(fd)
         core.info(PROG, "%s.cdb rebuilt: %d entries" % (path, sum(1 for l in lines if line_key(l))))

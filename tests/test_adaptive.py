@@ -387,3 +387,12 @@ def test_lines_with_quoted_fields_are_read_whole(tmp_path):
     lines += [message("192.0.2.7", when=NOW + 10 + n) for n in range(5)]
     state = run_lines(tmp_path, lines, NOW + 60)
     assert state.current(NOW + 60)["192.0.2.7"]["bad"] == 6
+
+
+def test_permanent_texts_for_rblcheck_b(tmp_path):
+    block_cdb = tmp_path / "block.cdb"
+    assert adaptive_cmd(["-B", tmp_path / "s", block_cdb], fresh(5, 6))[0] == 0
+    result = run_prog(["rblcheck", "-b", "-D", str(block_cdb), "true"],
+                      env={"TCPREMOTEIP": "192.0.2.7"}, stdin=b"RCPT TO:<c@d>\r\nQUIT\r\n")
+    assert b"553 your address 192.0.2.7 is blocked until " in result.out
+    assert b"spam or viruses (#5.7.1)\r\n" in result.out
