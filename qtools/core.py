@@ -11,6 +11,7 @@ PROGRAMS = {
     "rblcheck": "qtools.rblcheck",
     "rhostcheck": "qtools.rhostcheck",
     "tarpit": "qtools.tarpit",
+    "throttle": "qtools.throttle",
     "validrcptto": "qtools.validrcptto",
 }
 
