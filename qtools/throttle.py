@@ -39,6 +39,11 @@ class Config:
         self.timeout = 60
 
 
+def amount(value):
+    """Return a count for the log: whole numbers without a fraction, others to a tenth."""
+    return int(value) if value == int(value) else round(value, 1)
+
+
 def network_of(packed, config):
     return core.network(packed, config.v4, config.v6)
 
@@ -89,13 +94,13 @@ def judge(client, config, store, now):
     if got.status == "ok":
         for name, value, limit in (("ipconn", got.ip, config.maxip),
                                    ("netconn", got.net, config.maxnet),
-                                   ("connrate", round(got.rate, 1), config.connrate)):
+                                   ("connrate", amount(got.rate), config.connrate)):
             if limit:
                 fields.append((name, value))
         return core.Verdict("pass", why=fields)
     why, limit, seen = {"ip": ("maxconnip", config.maxip, got.ip),
                         "net": ("maxconnnet", config.maxnet, got.net),
-                        "rate": ("connrate", config.connrate, round(got.rate, 1))}[got.status]
+                        "rate": ("connrate", config.connrate, amount(got.rate))}[got.status]
     fields = [("why", why), ("limit", limit), ("seen", seen)] + fields
     if got.status == "rate":
         fields.append(("window", config.window))
@@ -143,7 +148,7 @@ class Limits:
             return (verdict.reply + "\r\n").encode()
         if seen < limit:
             return None
-        session.log(refusal, (("why", kind + "rate"), ("limit", limit), ("seen", round(seen, 1)),
+        session.log(refusal, (("why", kind + "rate"), ("limit", limit), ("seen", amount(seen)),
                               ("net", self.net), ("window", self.config.window)))
         return (refusal + "\r\n").encode()
 
