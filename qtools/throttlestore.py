@@ -81,7 +81,10 @@ class DirStore:
         self._fds = {}
 
     def _open(self, name, create=True):
-        """Return a descriptor of root/name: a plain file with one link, never through a symlink."""
+        """Return a descriptor of root/name: a plain file with one link, never through a symlink.
+
+        Without create, a file that does not exist yet gives None.
+        """
         fd = self._fds.get(name)
         if fd is not None:
             return fd
@@ -93,13 +96,18 @@ class DirStore:
         except OSError as error:
             raise _fail("open", self.root, error)
         try:
-            flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
-            fd = os.open(name, flags, 0o644, dir_fd=top)
+            flags = os.O_NOFOLLOW | (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY)
+            try:
+                fd = os.open(name, flags, 0o644, dir_fd=top)
+            except FileNotFoundError:
+                if create:
+                    raise
+                return None
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 os.close(fd)
                 raise StoreError("unable to use %s: not a plain file with one link" % path)
-            if os.geteuid() == 0 and st.st_uid == 0:
+            if create and os.geteuid() == 0 and st.st_uid == 0:
                 # Made by root (tcpserver without -u): the connections'
                 # account, the owner of the directory, must keep it writable.
                 owner = os.fstat(top)
@@ -223,11 +231,7 @@ class DirStore:
 
         found = {}
         for name in ("conn", "rate"):
-            try:
-                self._open(name, create=False)
-            except StoreError as error:
-                if not isinstance(error.__cause__ or error.__context__, FileNotFoundError):
-                    raise
+            self._open(name, create=False)
         fd = self._fds.get("conn")
         found["ip"] = _holders(fd, "ip " + ip) if fd is not None else []
         found["net"] = _holders(fd, "net " + net) if fd is not None else []

@@ -309,6 +309,10 @@ class TestProgram:
         assert result.rc == 0
         assert result.out.startswith(b"2001:db8::1 net=2001:db8::/64 ipconn=0 netconn=0 ")
         assert os.listdir(str(tmp_path)) == []
+        missing = run_prog(["throttle", "-q", str(tmp_path / "missing"), "192.0.2.7"])
+        assert (missing.rc, missing.out) == (111, b"")
+        assert missing.err == b"throttle: fatal: unable to open %s: no such file or directory\n" % (
+            str(tmp_path / "missing").encode())
 
     @pytest.mark.parametrize("flags, rc, out, warning", [
         ([], 0, b"ran\n", True),
