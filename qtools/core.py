@@ -370,6 +370,22 @@ class Verdict:
         )
 
 
+def step_aside(client, environ, name):
+    """Return the Verdict for a client every check leaves alone or $name refuses, else None.
+
+    RELAYCLIENT and WHITELISTED (cqgreylist's) skip; $name is read on the
+    $RBLSMTPD pattern.
+    """
+    if client.relay:
+        return Verdict("skip", why=(("why", "relayclient"),))
+    if "WHITELISTED" in environ:
+        return Verdict("skip", why=(("why", "whitelisted"),))
+    wish = override(environ, name)
+    if wish.action == "refuse":
+        return from_override(wish)
+    return Verdict("skip", why=(("why", "override"),)) if wish.action == "skip" else None
+
+
 def from_override(ov, default_code=451):
     """Turn a refusing Override into a refuse Verdict (553 when permanent)."""
     code = 553 if ov.permanent else default_code

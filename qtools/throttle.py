@@ -58,26 +58,21 @@ def failed(error, config):
 
 def exemption(client, environ, config, allowlist=None):
     """Return the Verdict of a client the store is not asked about, else None."""
-    if client.relay:
-        return core.Verdict("skip", why=(("why", "relayclient"),))
-    if "WHITELISTED" in environ:
-        return core.Verdict("skip", why=(("why", "whitelisted"),))
-    wish = core.override(environ, OVERRIDE)
-    if wish.action != "check":
-        return core.from_override(wish) if wish.action == "refuse" else core.Verdict(
-            "skip", why=(("why", "override"),))
+    verdict = core.step_aside(client, environ, OVERRIDE)
+    if verdict is not None:
+        return verdict
     if not (config.maxip or config.maxnet or config.connrate or config.msgrate
             or config.rcptrate):
         return core.Verdict("skip", why=(("why", "nolimits"),))
-    if isinstance(allowlist, Exception):
+    if isinstance(allowlist, Exception):  # the allow list could not be opened
         return failed(allowlist, config)
+    entry = None
     if allowlist is not None:
-        from qtools import netlist
+        from qtools.netlist import listed
 
-        found = netlist.lookup(allowlist, client.packed, client.host)
-        if found is not None:
-            return core.Verdict("skip", why=(("why", "allowlist"), ("entry", found[0].decode())))
-    return None
+        entry = listed(allowlist, client)
+    return None if entry is None else core.Verdict("skip", why=(("why", "allowlist"),
+                                                                ("entry", entry)))
 
 
 def judge(client, config, store, now):

@@ -21,7 +21,6 @@ count.  Times are the writing MX host's clock, as for greylist.
 
 import os
 
-from qtools import resp
 from qtools.throttlestore import Admission, StoreError
 
 PREFIX = "qtools:throttle:"
@@ -91,41 +90,22 @@ return 1
 """
 
 
-def _reason(error):
-    from qtools.redisstore import _reason as reason
-
-    return reason(error)
-
-
 class RedisStore:
-    """throttle's state in one Redis database, one limit for many MX hosts."""
+    """throttle's state in one Redis database, one limit for many MX hosts.
+
+    The connection is greylist's Redis store's (qtools.redisstore): its
+    URL forms, its time limits, and one timeout at most when Redis is down.
+    """
 
     def __init__(self, url, lease=LEASE):
-        from qtools.redisstore import describe_url
+        from qtools.redisstore import RedisStore as Link
 
-        self.url, self.name, self.lease = url, describe_url(url), lease
-        self._client = self._down = None
+        self.link, self.lease = Link(url), lease
         self._held = []
         self.token = None
 
-    @property
-    def client(self):
-        if self._client is None:
-            try:
-                self._client = resp.Client(self.url, TIMEOUT)
-            except ValueError as error:
-                raise StoreError("invalid store %s: %s" % (self.name, error))
-        return self._client
-
     def _call(self, *args):
-        if self._down is not None:  # a Redis that is down costs one timeout, once
-            raise StoreError(self._down)
-        try:
-            return self.client.command(*args)
-        except (OSError, resp.ReplyError) as error:
-            self._down = "unable to use %s: %s" % (self.name, _reason(error))
-        self.close()
-        raise StoreError(self._down)
+        return self.link._call(self.link.client.command, *args)
 
     def _windows(self, net, window, now):
         """Return (this window's key, the previous one's, weight of the previous)."""
@@ -199,19 +179,20 @@ class RedisStore:
         for fd in (0, 1):  # the client sees the end when the connection ends, not us
             os.dup2(null, fd)
         os.close(null)
-        if self._client is not None and self._client.sock is not None:
-            self._inherited = self._client  # the parent's: never closed by the collector
-            os.close(self._client.sock.fileno())
-            self._client = None
+        link = self.link
+        if link._client is not None and link._client.sock is not None:
+            self._inherited = link._client  # the parent's: never closed by the collector
+            os.close(link._client.sock.fileno())
+            link._client = None
         poller = select.poll()
         poller.register(r, select.POLLIN)
         while not poller.poll(self.lease * 1000 / 3):
-            self._down = None  # a Redis that was down may be back
+            self.link._down = None  # a Redis that was down may be back
             try:
                 self.renew(time.time())
             except StoreError:
                 pass  # the next renewal may succeed; the lease covers two misses
-        self._down = None
+        self.link._down = None
         try:
             self.renew(time.time(), release=True)
         except StoreError:
@@ -235,6 +216,4 @@ class RedisStore:
         self.close()
 
     def close(self):
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.link.close()

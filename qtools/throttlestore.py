@@ -33,8 +33,7 @@ KINDS = ("conn", "mail", "rcpt")
 _TRIES = 200  # 1 ms apart: a group is locked for a pread and a pwrite
 
 
-class StoreError(Exception):
-    """The store cannot be read or written; the message says what failed."""
+from qtools.store import StoreError  # one kind of store failure for every program
 
 
 class Admission:

@@ -418,13 +418,25 @@ def closed_after_421(s):
     return s.recv(1024) == b""
 
 
+def serve(tmp_path, tcpserver, limit, store=None):
+    """Start tcpserver running throttle -c limit in front of the sink; return (server, store).
+
+    Without a store (a Redis URL), a new directory.  Returns once the
+    start-up probe's slot is free again.
+    """
+    if store is None:
+        store = tmp_path / "s"
+        store.mkdir()
+    mail = tmp_path / "mail"
+    mail.mkdir(exist_ok=True)
+    server = tcpserver(["throttle", "-c", str(limit), str(store)] + sink_cmd(mail))
+    idle(store, server)
+    return server, store
+
+
 class TestTcpserver:
     def test_thirty_parallel_connections_five_reach_the_sink(self, tmp_path, tcpserver):
-        store, mail = tmp_path / "s", tmp_path / "mail"
-        store.mkdir()
-        mail.mkdir()
-        server = tcpserver(["throttle", "-c", "5", str(store)] + sink_cmd(mail))
-        idle(store, server)
+        server, store = serve(tmp_path, tcpserver, 5)
         got = storm(server, 30)
         try:
             firsts = sorted(line[:4] for _, line in got)
@@ -449,11 +461,7 @@ class TestTcpserver:
         assert "Traceback" not in log and "fatal" not in log
 
     def test_killed_connections_release_their_slots(self, tmp_path, tcpserver):
-        store, mail = tmp_path / "s", tmp_path / "mail"
-        store.mkdir()
-        mail.mkdir()
-        server = tcpserver(["throttle", "-c", "3", str(store)] + sink_cmd(mail))
-        idle(store, server)
+        server, store = serve(tmp_path, tcpserver, 3)
         got = storm(server, 3)
         assert greet(server)[1] == (TOO_MANY + "\r\n").encode()
         pids = [int(line.split(" pid ")[1].split(":")[0]) for line in server.log().splitlines()
@@ -466,12 +474,7 @@ class TestTcpserver:
         assert [line[:4] for _, line in storm(server, 3)] == [b"220 "] * 3
 
     def test_two_tcpservers_share_one_redis_limit(self, tmp_path, tcpserver, redis):
-        mail = tmp_path / "mail"
-        mail.mkdir()
-        argv = ["throttle", "-c", "4", redis.url] + sink_cmd(mail)
-        one, two = tcpserver(argv), tcpserver(argv)
-        idle(redis.url, one)
-        idle(redis.url, two)
+        one, two = (serve(tmp_path, tcpserver, 4, redis.url)[0] for _ in "12")
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
             got = list(pool.map(lambda i: greet(one if i % 2 else two), range(20)))
         try:
@@ -483,10 +486,7 @@ class TestTcpserver:
         assert sorted(greet(server)[1][:4] for server in (one, two, one, two)) == [b"220 "] * 4
 
     def test_redis_slot_of_a_killed_connection(self, tmp_path, tcpserver, redis):
-        mail = tmp_path / "mail"
-        mail.mkdir()
-        server = tcpserver(["throttle", "-c", "1", redis.url] + sink_cmd(mail))
-        idle(redis.url, server)
+        server, _ = serve(tmp_path, tcpserver, 1, redis.url)
         s, line = greet(server)
         assert line.startswith(b"220 ")
         assert greet(server)[1] == (TOO_MANY + "\r\n").encode()
