@@ -126,7 +126,7 @@ class RedisStore:
         cur, prev, weight = self._windows(net, window, now)
         status, nip, nnet, seen = self._call(
             "EVAL", ADMIT, 4, *sets, cur, prev, repr(now), repr(now + self.lease), self.token,
-            maxip, maxnet, rate, weight, self.lease * 1000, int(2000 * window))
+            maxip, maxnet, rate, weight, int(self.lease * 1000), int(2000 * window))
         status = status.decode()
         if status == "ok":
             self._held = [key for key, limit in zip(sets, (maxip, maxnet)) if limit]
@@ -143,7 +143,7 @@ class RedisStore:
         if self._held:
             self._call("EVAL", RENEW, len(self._held), *self._held,
                        "release" if release else repr(now + self.lease), self.token,
-                       self.lease * 1000)
+                       int(self.lease * 1000))
 
     def keep(self):
         """Start the watcher that renews the slots while the connection lives.

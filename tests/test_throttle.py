@@ -557,3 +557,24 @@ def test_import_budget(tmp_path):
     over = sorted(m for m in loaded - imported(bare.stderr) - ALLOWED if not m.startswith("qtools"))
     heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY)
     assert (over, heavy) == ([], [])
+
+
+def test_redis_watcher_renews_while_the_connection_lives(redis):
+    """The lease outlives its length while the pipe is open and is given back when it closes."""
+    from qtools.throttleredis import RedisStore
+
+    s = RedisStore(redis.url, lease=0.6)
+    assert s.admit("192.0.2.7", "192.0.2.0/24", 1, 1, 0, 60, time.time()).status == "ok"
+    s.keep()
+    try:
+        time.sleep(1.5)  # more than two leases: only renewals keep the slot
+        found = s.query("192.0.2.7", "192.0.2.0/24", 60, time.time())
+        assert (found["ip"], found["net"]) == ([s.token], [s.token])
+    finally:
+        os.close(s._pipe)  # the connection ends
+    deadline = time.monotonic() + 5
+    while s.query("192.0.2.7", "192.0.2.0/24", 60, time.time())["ip"]:
+        assert time.monotonic() < deadline, "the watcher did not give the slot back"
+        time.sleep(0.02)
+    # Given back, not expired: the set is empty well before the lease ends.
+    assert redis.command(b"ZCARD", b"qtools:throttle:ip:192.0.2.7") == b":0\r\n"
