@@ -578,3 +578,22 @@ def test_redis_watcher_renews_while_the_connection_lives(redis):
         time.sleep(0.02)
     # Given back, not expired: the set is empty well before the lease ends.
     assert redis.command(b"ZCARD", b"qtools:throttle:ip:192.0.2.7") == b":0\r\n"
+
+
+def test_recipient_rate_shared_by_two_tcpservers(tmp_path, tcpserver, redis):
+    """Three recipients a minute for the network, counted on both MX hosts together."""
+    import smtplib
+
+    mail = tmp_path / "mail"
+    mail.mkdir()
+    argv = ["throttle", "-R", "3", redis.url] + sink_cmd(mail)
+    servers = [tcpserver(argv), tcpserver(argv)]
+    codes = []
+    for i in range(5):
+        server = servers[i % 2]
+        with smtplib.SMTP(server.host, server.port, timeout=20) as client:
+            client.ehlo("client.example")
+            client.mail("a@example.org")
+            codes.append(client.rcpt("b%d@example.com" % i))
+    assert [code for code, _ in codes] == [250, 250, 250, 451, 451]
+    assert codes[3][1] == throttle.RCPTS[4:].encode()
