@@ -169,7 +169,7 @@ def parse(argv):
             setattr(config, letters[letter], core.number(
                 PROG, letter, value, 1 if letter == "w" else 0,
                 HIGHEST if letter in "cC" else None))
-    if not rest or (not query and len(rest) < 2) or (query and len(rest) < 2):
+    if len(rest) < 2:  # a store and a program, or a store and an address
         raise core.Usage()
     return config, query, rest
 

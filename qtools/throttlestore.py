@@ -10,11 +10,8 @@ Layout of DIR (its own directory, owned by the account the connections run as):
                ends, so a killed connection never leaves a count behind.  The
                lock survives exec, as long as its descriptor stays open: the
                descriptor is inheritable.
-    DIR/rate   A table of GROUPS groups of GROUP records of RECORD bytes,
-               sparse: at most GROUPS * GROUP * RECORD bytes (32 MiB).  A
-               network's counters live in the group its hash names, in the
-               record that holds its key; a record whose windows are over is
-               free for another key.  Each update locks its group's bytes.
+    DIR/rate   The networks' counts of connections, messages and
+               recipients in a table of fixed size (qtools.ratetable).
 
 A check costs the same with ten clients or a million: a few lock calls on
 conn, one lock, one pread and one pwrite on rate.  Nothing expires by a
@@ -26,11 +23,10 @@ to another file.
 
 import os
 
+from qtools import ratetable
+
 SLOTS = 4096  # the highest connection limit; the bytes of one key in conn
-RECORD, GROUP, GROUPS = 128, 8, 32768
-KEY_MAX = 80  # bytes of a key in a record
 KINDS = ("conn", "mail", "rcpt")
-_TRIES = 200  # 1 ms apart: a group is locked for a pread and a pwrite
 
 
 from qtools.store import StoreError  # one kind of store failure for every program
@@ -54,16 +50,6 @@ def region(key):
 
     data = key.encode("utf-8", "surrogateescape")
     return (((zlib.crc32(data) << 32) | zlib.adler32(data)) >> 17) * SLOTS
-
-
-def estimate(start, counts, window, now):
-    """Return each kind's count over the last window seconds, as a sliding window sees it.
-
-    counts is (current window's, previous window's) tuples; the previous
-    window weighs as much as it still overlaps the last window seconds.
-    """
-    weight = max(0.0, 1.0 - (now - start) / window)
-    return tuple(cur + prev * weight for cur, prev in zip(*counts))
 
 
 def _fail(what, path, error):
@@ -187,47 +173,18 @@ class DirStore:
         """
         return self._update(net, KINDS.index(kind), limit, window, now)
 
-    def _lock_group(self, fd, group, how):
-        import fcntl
-        import time
-
-        for _ in range(_TRIES):
-            try:
-                fcntl.lockf(fd, how | fcntl.LOCK_NB, GROUP * RECORD, group * GROUP * RECORD)
-                return
-            except (BlockingIOError, PermissionError):
-                time.sleep(0.001)
-        raise StoreError("unable to lock %s: busy" % os.path.join(self.root, "rate"))
-
     def _update(self, net, which, limit, window, now):
-        import fcntl
-
-        path = os.path.join(self.root, "rate")
         fd = self._open("rate")
-        data = net.encode("utf-8", "surrogateescape")[:KEY_MAX]
-        group = _group(data)
-        number = int(now // window)
-        self._lock_group(fd, group, fcntl.LOCK_EX)
         try:
-            block = os.pread(fd, GROUP * RECORD, group * GROUP * RECORD)
-            at, cur, prev = _find(block, data, number)
-            seen = estimate(number * window, (cur, prev), window, now)[which]
-            if seen < limit:
-                cur[which] += 1
-                record = _pack(data, number, cur, prev)
-                os.pwrite(fd, record, group * GROUP * RECORD + at * RECORD)
+            return ratetable.update(fd, net.encode("utf-8", "surrogateescape"), which, limit,
+                                    window, now)
         except OSError as error:
-            raise _fail("update", path, error)
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, GROUP * RECORD, group * GROUP * RECORD)
-        return seen
+            raise _fail("update", os.path.join(self.root, "rate"), error)
 
     # --- the command line ------------------------------------------------------
 
     def query(self, ip, net, window, now):
         """Return {"ip": holders, "net": holders, "conn"/"mail"/"rcpt": rates} for -q."""
-        import fcntl
-
         found = {}
         for name in ("conn", "rate"):
             self._open(name, create=False)
@@ -237,15 +194,10 @@ class DirStore:
         fd = self._fds.get("rate")
         rates = (0.0, 0.0, 0.0)
         if fd is not None:
-            data = net.encode("utf-8", "surrogateescape")[:KEY_MAX]
-            group, number = _group(data), int(now // window)
-            self._lock_group(fd, group, fcntl.LOCK_SH)
             try:
-                block = os.pread(fd, GROUP * RECORD, group * GROUP * RECORD)
-            finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, GROUP * RECORD, group * GROUP * RECORD)
-            at, cur, prev = _find(block, data, number)
-            rates = estimate(number * window, (cur, prev), window, now)
+                rates = ratetable.read(fd, net.encode("utf-8", "surrogateescape"), window, now)
+            except OSError as error:
+                raise _fail("read", os.path.join(self.root, "rate"), error)
         found.update(zip(KINDS, rates))
         return found
 
@@ -260,56 +212,6 @@ class DirStore:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
-
-
-def _group(data):
-    import zlib
-
-    return zlib.crc32(data) % GROUPS
-
-
-def _pack(data, number, cur, prev):
-    out = bytearray(RECORD)
-    out[0] = len(data)
-    out[1:1 + len(data)] = data
-    out[88:96] = number.to_bytes(8, "little")
-    for i, value in enumerate(list(cur) + list(prev)):
-        out[96 + 4 * i:100 + 4 * i] = min(value, 0xFFFFFFFF).to_bytes(4, "little")
-    return bytes(out)
-
-
-def _unpack(record):
-    """Return (key bytes, window number, current counts, previous counts) of a record."""
-    data = record[1:1 + record[0]] if record else b""
-    number = int.from_bytes(record[88:96], "little") if len(record) >= 96 else 0
-    counts = [int.from_bytes(record[96 + 4 * i:100 + 4 * i], "little") for i in range(6)]
-    if len(counts) < 6 or len(record) < RECORD:
-        counts = [0] * 6
-    return data, number, counts[:3], counts[3:]
-
-
-def _find(block, data, number):
-    """Return (index in the group, current counts, previous counts) of data's record.
-
-    The counts are moved on to window number.  Without a record of data,
-    the index of a free one (empty, or both windows over), else of the
-    record with the oldest window: its network is forgotten.
-    """
-    free, oldest = None, None
-    for at in range(GROUP):
-        record = block[at * RECORD:(at + 1) * RECORD]
-        key, seen, cur, prev = _unpack(record)
-        if key == data and record:
-            if seen == number:
-                return at, cur, prev
-            if seen == number - 1:
-                return at, [0, 0, 0], cur
-            return at, [0, 0, 0], [0, 0, 0]
-        if free is None and (not key or seen < number - 1):
-            free = at
-        if oldest is None or seen < oldest[1]:
-            oldest = (at, seen)
-    return (oldest[0] if free is None else free), [0, 0, 0], [0, 0, 0]
 
 
 def _holders(fd, key):

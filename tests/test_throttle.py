@@ -191,7 +191,7 @@ class TestDirStore:
 
     def test_a_full_group_forgets_its_oldest(self, tmp_path):
         """Networks that share a group of the table: the oldest window is overwritten."""
-        from qtools import throttlestore
+        from qtools import ratetable as throttlestore
 
         s = DirStore(str(tmp_path))
         group = throttlestore._group(b"10.0.0.0/24")
@@ -251,7 +251,7 @@ class TestDirStore:
 
     def test_decision_time_does_not_grow_with_clients(self, tmp_path):
         """The table holds a fixed size: the file never grows past it."""
-        from qtools import throttlestore
+        from qtools import ratetable as throttlestore
 
         s = DirStore(str(tmp_path))
         for i in range(2000):
