@@ -597,3 +597,35 @@ def test_recipient_rate_shared_by_two_tcpservers(tmp_path, tcpserver, redis):
             codes.append(client.rcpt("b%d@example.com" % i))
     assert [code for code, _ in codes] == [250, 250, 250, 451, 451]
     assert codes[3][1] == throttle.RCPTS[4:].encode()
+
+
+WORKER = """
+import os, sys
+from qtools.throttlestore import DirStore
+s = DirStore(sys.argv[1])
+while True:
+    s.count("192.0.2.0/24", "rcpt", 10 ** 9, 3600, 1_700_000_000.0)
+    os.write(1, b".")
+"""
+
+
+def test_rate_table_loses_no_update_when_writers_are_killed(tmp_path):
+    """Writers SIGKILLed at random points: every counted update is there, none twice."""
+    import random
+    import sys
+
+    rng = random.Random(18)
+    counted = kills = 0
+    for _ in range(12):
+        workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path)],
+                                    stdout=subprocess.PIPE) for _ in range(3)]
+        time.sleep(rng.uniform(0.2, 0.4))
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+            counted += len(worker.stdout.read())
+            worker.wait()
+            kills += 1
+    assert counted > 100, "the workers did not run"
+    found = DirStore(str(tmp_path)).query("192.0.2.7", "192.0.2.0/24", 3600, 1_700_000_000.0)
+    # A writer killed after its pwrite but before it said so counts one more.
+    assert counted <= found["rcpt"] <= counted + kills
