@@ -304,6 +304,16 @@ class TestProgram:
         bad = run_prog(["throttle", "-q", str(tmp_path), "nonsense"])
         assert bad.rc == 100 and b"invalid address: nonsense" in bad.err
 
+    def test_network_prefixes(self, tmp_path):
+        """-4 and -6 set what a network is, for the limits and for -q."""
+        result = run_prog(["throttle", "-4", "16", "-6", "48", "-q", str(tmp_path),
+                           "192.0.2.7", "2001:db8:1:2::9"])
+        assert [line.split()[1] for line in result.out.decode().splitlines()] == [
+            "net=192.0.0.0/16", "net=2001:db8:1::/48"]
+        result = run_prog(["throttle", "-6", "48", "-C", "1", str(tmp_path), "true"],
+                          env={"TCPREMOTEIP": "2001:db8:1:2::9"})
+        assert result.err == b"throttle: 2001:db8:1:2::9 pid x: pass net=2001:db8:1::/48 netconn=1\n"
+
     def test_query_of_an_empty_store(self, tmp_path):
         result = run_prog(["throttle", "-q", str(tmp_path), "2001:db8::1"])
         assert result.rc == 0
