@@ -24,12 +24,10 @@ to another file.
 import os
 
 from qtools import ratetable
+from qtools.store import StoreError  # one kind of store failure for every program
 
 SLOTS = 4096  # the highest connection limit; the bytes of one key in conn
 KINDS = ("conn", "mail", "rcpt")
-
-
-from qtools.store import StoreError  # one kind of store failure for every program
 
 
 class Admission:
@@ -171,13 +169,10 @@ class DirStore:
         Return the count over the last window seconds before this one; the
         caller refuses when it is limit or more (nothing is counted then).
         """
-        return self._update(net, KINDS.index(kind), limit, window, now)
-
-    def _update(self, net, which, limit, window, now):
         fd = self._open("rate")
         try:
-            return ratetable.update(fd, net.encode("utf-8", "surrogateescape"), which, limit,
-                                    window, now)
+            return ratetable.update(fd, net.encode("utf-8", "surrogateescape"), KINDS.index(kind),
+                                    limit, window, now)
         except OSError as error:
             raise _fail("update", os.path.join(self.root, "rate"), error)
 
