@@ -97,7 +97,7 @@ def test_example_run_script_chain_is_accepted(tmp_path):
     from conftest import run_prog
 
     chain = [w.replace("/var/qmail/greylist", str(tmp_path)) for w in chain_of_run_script()]
-    assert chain[0] == "rhostcheck" and chain[-1] == "/var/qmail/bin/qmail-smtpd"
+    assert chain[0] == "throttle" and chain[-1] == "/var/qmail/bin/qmail-smtpd"
     chain[-1] = shutil.which("true")
     result = run_prog(chain, env={"TCPREMOTEIP": "192.0.2.7", "RELAYCLIENT": ""})
     assert (result.rc, result.out) == (0, b"")
