@@ -134,7 +134,10 @@ def _content(queue):
                             [list(item) for item in queue["viruses"].items()], key="viruses"))
     marks = queue["thresholds"]
     rows = []
-    for score, count in sorted(((int(k), v) for k, v in queue["scores"].items())):
+    scores = {int(k): v for k, v in queue["scores"].items()}
+    bins = set(scores) | {int(value // 1) for value in marks.values() if value is not None}
+    for score in range(min(bins), max(bins) + 1) if bins else ():
+        count = scores.get(score, 0)
         lines = [name for name, value in marks.items() if value is not None and score <= value < score + 1]
         rows.append(["%d to %d" % (score, score + 1), count, " ".join("<- " + name for name in lines)])
     note = "  ".join("%s at %s" % (name, value) for name, value in marks.items() if value is not None)
