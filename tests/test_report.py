@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, VENV_BIN, base_env, run_prog, smtp_from, start_rbldnsd, wait_for_port
+from conftest import REPO, VENV_BIN, base_env, run_prog, smtp_from
 from qtools import core, logread, report, reportstats, reporttext
 
 DAY = 1795993200  # 2026-11-29 23:00:00 UTC
@@ -332,12 +332,20 @@ def test_the_page_in_headless_chromium(tmp_path):
               # Nothing may leave the machine; the page needs nothing anyway.
               "--host-resolver-rules=MAP * ~NOTFOUND", "--disable-background-networking",
               "--disable-component-update", "--disable-sync", "--no-default-browser-check"]
-    done = subprocess.run(common + ["--dump-dom", page.as_uri()], capture_output=True, timeout=120,
-                          env=dict(os.environ, HOME=str(tmp_path)))
-    assert done.returncode == 0, done.stderr[-2000:]
-    dom = done.stdout.decode()
-    console = [text for text in done.stderr.decode("utf-8", "replace").splitlines()
-               if "CONSOLE" in text or "Uncaught" in text or "Failed to load" in text]
+
+    def load(uri):
+        done = subprocess.run(common + ["--dump-dom", uri], capture_output=True, timeout=120,
+                              env=dict(os.environ, HOME=str(tmp_path)))
+        assert done.returncode == 0, done.stderr[-2000:]
+        console = [text for text in done.stderr.decode("utf-8", "replace").splitlines()
+                   if "CONSOLE" in text or "Uncaught" in text or "Failed to load" in text]
+        return done.stdout.decode(), console
+
+    # The console is seen: a page that logs an error is caught.
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><script>console.error("boom")</script></body></html>')
+    assert any('"boom"' in text for text in load(bad.as_uri())[1])
+    dom, console = load(page.as_uri())
     assert console == []
     assert dom.count("<svg") == 5 and dom.count("<rect") > 50 and "Spam score distribution" in dom
     shot = tmp_path / "report.png"
@@ -346,3 +354,101 @@ def test_the_page_in_headless_chromium(tmp_path):
                           env=dict(os.environ, HOME=str(tmp_path)))
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
+
+
+# --- The real chain under tcpserver, logging through multilog --------------------------
+
+CHAIN_ZONE = ("ip4set", ":127.0.0.2:Listed by bl.test, see http://bl.test/?$\n127.0.0.2\n")
+
+
+class Chain:
+    """tcpserver running rblcheck, greylist, validrcptto and tarpit before the sink, its log in multilog."""
+
+    def __init__(self, tmp_path, dns):
+        for tool in ("tcpserver", "multilog"):
+            if shutil.which(tool) is None:
+                pytest.fail("%s is not installed: run make debs" % tool)
+        self.logdir = tmp_path / "log"
+        self.logdir.mkdir()
+        (tmp_path / "grey").mkdir()
+        (tmp_path / "mail").mkdir()
+        rcpt = str(tmp_path / "validrcptto.cdb")
+        made = run_prog(["qtools-mkcdb", "-a", rcpt, rcpt + ".tmp"],
+                        stdin=b"joe@example.com\npostmaster@example.com\n")
+        assert made.rc == 0, made
+        # s4096, multilog's smallest: the log rotates while the test runs.
+        self.multilog = subprocess.Popen(["multilog", "t", "s4096", "n100", str(self.logdir)],
+                                         stdin=subprocess.PIPE)
+        env = base_env({"QTOOLS_RESOLVER": dns, "VALIDRCPTTO_CDB": rcpt, "DNSCACHEIP": "127.0.0.1",
+                        "TARPITCOUNT": "2", "TARPITDELAY": "1"})
+        argv = ["tcpserver", "-v", "-R", "-H", "-l", "localhost", "-1", "127.0.0.1", "0",
+                "rblcheck", "-r", "bl.test", "greylist", "-4", "32", "-m", "1", str(tmp_path / "grey"),
+                "validrcptto", "tarpit", sys.executable, os.path.join(REPO, "examples", "smtpsink"),
+                str(tmp_path / "mail")]
+        self.server = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=self.multilog.stdin,
+                                       stdin=subprocess.DEVNULL)
+        # tcpserver -1 prints the port once it listens: no probe connection, which would be counted.
+        self.port = int(self.server.stdout.readline())
+
+    def send(self, source, rcpts):
+        """Send one message from source; return the codes of the RCPTs and of DATA (None when not reached)."""
+        client = smtp_from("127.0.0.1", self.port, source)
+        try:
+            client.ehlo("client.example")
+            client.mail("sender@example.org")
+            codes = [client.rcpt(rcpt)[0] for rcpt in rcpts]
+            data = client.data(b"Subject: report test\r\n\r\nhello\r\n")[0] if 250 in codes else None
+            client.quit()
+            return codes, data
+        finally:
+            client.close()
+
+    def stop(self):
+        """Stop tcpserver, let multilog write the last lines and exit."""
+        if self.server.poll() is None:
+            self.server.terminate()
+            self.server.wait(10)
+        self.multilog.stdin.close()
+        self.multilog.wait(10)
+
+
+@pytest.mark.e2e
+def test_a_log_directory_written_by_the_real_chain(tmp_path, rbldnsd):
+    chain = Chain(tmp_path, rbldnsd({"bl.test": CHAIN_ZONE}))
+    try:
+        listed = [chain.send("127.0.0.2", ["joe@example.com"]) for _ in range(12)]
+        first = chain.send("127.0.0.1", ["joe@example.com"])
+        other = chain.send("127.0.0.3", ["joe@example.com"])
+        time.sleep(2.2)  # past greylist -m 1
+        retry = chain.send("127.0.0.1", ["nobody@example.com", "joe@example.com", "postmaster@example.com"])
+        time.sleep(0.5)
+    finally:
+        chain.stop()
+    assert listed == [([451], None)] * 12
+    assert first == ([451], None) and other == ([451], None)
+    assert retry == ([553, 250, 250], 250)
+    names = os.listdir(chain.logdir)
+    assert any(name.startswith("@") and name.endswith(".s") for name in names), names  # it rotated
+    # The content filter's line for the message that went through, and one it refused.
+    queue = tmp_path / "queue.log"
+    queue.write_text(queue_line(time.time(), "tag", 6.5, ip="127.0.0.1", rcpts=2)
+                     + queue_line(time.time(), "reject", 3.0, virus="Eicar-Signature", ip="127.0.0.1"))
+    result = run_prog(["qtools-report", "--json", "-d", "today", str(chain.logdir), str(queue)], timeout=60)
+    assert result.rc == 0 and result.err == b"", result
+    data = json.loads(result.out)
+    assert data["connections"] == 15 and data["connections_from"] == "tcpserver"
+    assert refusals(data) == {("rblcheck", 451, "bl.test"): 12, ("greylist", 451, "greylisted"): 2,
+                              ("validrcptto", 553, "notfound"): 1, ("qtools-queue", 554, "virus"): 1}
+    grey = data["greylist"]
+    assert (grey["deferred"], grey["passed_later"], grey["pass_rate"]) == (2, 1, 50.0)
+    assert grey["delays"]["< 1 min"] == 1 and 1 <= grey["median_delay"] <= 30
+    assert data["tarpit"] == {"delays": 1, "seconds": 1}
+    assert data["top_recipients"] == [["nobody@example.com", 1]]
+    assert data["top_networks"] == [["127.0.0.0/24", 16]]
+    assert data["accepted"] == 1 and data["queue"]["viruses"] == {"Eicar-Signature": 1}
+    assert sum(h["connections"] for h in data["hours"]) == 15
+    # The text and the page of the same directory.
+    page = tmp_path / "chain.html"
+    text = run_prog(["qtools-report", "-H", str(page), str(chain.logdir)], timeout=60)
+    assert text.rc == 0 and re.search(rb"\n  rblcheck +451  bl\.test +12 ", text.out)
+    assert page.read_text().count("<svg") == 5
