@@ -195,13 +195,13 @@ def main(argv, environ):
     from qtools import reportstats, reporttext
 
     options = parse(argv, time.time())
-    paths = inputs(options.paths, options.start)
     stats = reportstats.Stats(options.start, options.end)
     progress = None
-    if sys.stderr.isatty():
-        total = sum(os.path.getsize(p) for p in paths if p != "-" and os.path.isfile(p))
-        progress = Progress(total, sys.stderr)
     try:
+        paths = inputs(options.paths, options.start)
+        if sys.stderr.isatty():
+            total = sum(os.path.getsize(p) for p in paths if p != "-" and os.path.isfile(p))
+            progress = Progress(total, sys.stderr)
         read(paths, stats, progress)
     except OSError as error:
         raise core.Die(core.TEMP_EXIT, "unable to read %s: %s" % (

@@ -211,6 +211,21 @@ def test_a_missing_file_is_a_temporary_failure(tmp_path):
         str(tmp_path / "nothere").encode())
 
 
+def test_an_unreadable_directory_and_an_unwritable_page(tmp_path):
+    logdir = make_logdir(tmp_path / "log", hand_made())
+    page = tmp_path / "no" / "report.html"
+    result = run_prog(["qtools-report", "-H", str(page), str(logdir)])
+    assert result.rc == 111 and result.out == b""
+    assert result.err == b"qtools-report: fatal: unable to write %s: no such file or directory\n" % (
+        str(page).encode())
+    assert not os.path.exists(page.parent)
+    broken = tmp_path / "broken"
+    (broken / "current").mkdir(parents=True)
+    result = run_prog(["qtools-report", str(broken)])
+    assert (result.rc, result.out) == (111, b"")
+    assert result.err == b"qtools-report: fatal: unable to read %s/current: is a directory\n" % str(broken).encode()
+
+
 def make_logdir(path, lines):
     """A multilog directory: the lines split over two archives and current."""
     path.mkdir()
