@@ -17,6 +17,7 @@ from qtools import core, logread
 PROG = "qtools-report"
 USAGE = ("qtools-report [ -j ] [ -H file ] [ -s start ] [ -e end ] [ -d today|yesterday ] [ -n top ]"
          " [ -t score ] [ -q score ] [ -r score ] [ logdir | file ... ]")
+OPTIONS = "jH:s:e:d:n:t:q:r:"
 CHUNK = 1 << 20  # bytes of lines counted between two looks at the progress bar
 
 
@@ -72,12 +73,17 @@ def _score(letter, text):
 def parse(argv, now):
     """Return the Options of argv; --json is -j."""
     argv = list(argv)
-    for index, arg in enumerate(argv):
-        if arg == "--" or not arg.startswith("-"):
-            break
-        if arg == "--json":
+    index = 0
+    while index < len(argv) and argv[index] not in ("--", "-") and argv[index][:1] == "-":
+        if argv[index] == "--json":
             argv[index] = "-j"
-    options, rest = core.getopt(argv, "jH:s:e:d:n:t:q:r:")
+        else:
+            for at, letter in enumerate(argv[index][1:], 2):
+                if OPTIONS.find(letter + ":") >= 0:  # its argument: the rest, else the next word
+                    index += at == len(argv[index])
+                    break
+        index += 1
+    options, rest = core.getopt(argv, OPTIONS)
     result = Options()
     for letter, value in options:
         if letter == "j":

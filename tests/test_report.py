@@ -190,6 +190,18 @@ def test_times_and_days_are_read_in_local_time(monkeypatch):
         time.tzset()
 
 
+@pytest.mark.parametrize("argv, json_, html, paths", [
+    (["--json", "x"], True, None, ["x"]),
+    (["-H", "--json", "y"], False, "--json", ["y"]),  # the argument of -H, however it looks
+    (["-jH", "--json"], True, "--json", []),
+    (["-Hpage", "--json", "z"], True, "page", ["z"]),
+    (["x", "--json"], False, None, ["x", "--json"]),  # options end at the first name
+])
+def test_json_is_a_long_spelling_of_j(argv, json_, html, paths):
+    options = report.parse(argv, DAY)
+    assert (options.json, options.html, options.paths) == (json_, html, paths)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["-s", "yesterday"], b"qtools-report: invalid time: yesterday"),
     (["-d", "monday"], b"qtools-report: invalid day: monday"),
