@@ -96,7 +96,7 @@ def connection(w, rng, when, pid, ip, grey):
         why = rng.choice(("helo", "spf", "nxdomain"))
         w.line(when, "mfcheck", ip, pid, "553 sender rejected: %s check failed (#5.7.1)" % why,
                (("why", why), ("from", "x@%s.example" % rng.choice(("spam", "bulk")))))
-        w.line(when + 1, "proxy", ip, pid, "end", (("why", "eof"), ("status", 0)))
+        w.line(when + 1, "mfcheck", ip, pid, "end", (("why", "eof"), ("status", 0)))
         return when + 1
     accepted = []
     for _ in range(1 + int(rng.expovariate(1.5))):
@@ -112,7 +112,8 @@ def connection(w, rng, when, pid, ip, grey):
                 when += 5
     if accepted:
         queue(w, rng, when + rng.random() * 3, ip, pid + 1, accepted)
-    w.line(when + 4, "proxy", ip, pid, "end", (("why", "eof"), ("status", 0)))
+    # The proxy's end line, under the name of the first program that proxies.
+    w.line(when + 4, "mfcheck", ip, pid, "end", (("why", "eof"), ("status", 0)))
     return when + 4
 
 

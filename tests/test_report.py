@@ -78,7 +78,7 @@ def hand_made():
         queue_line(t + 3601, "tag", 7.3),
         queue_line(t + 3602, "quarantine", 12.0),
         queue_line(t + 3603, "reject", virus="Eicar-Signature"),
-        line(t + 3604, "proxy", "198.51.100.9", "end", (("why", "eof"), ("status", 0)), pid=103),
+        line(t + 3604, "validrcptto", "198.51.100.9", "end", (("why", "eof"), ("status", 0)), pid=103),
         stamped(t + 3700, "tcpserver: ok 104 mx:192.0.2.25:25 :203.0.113.5::4000"),
         line(t + 3700, "greylist", "203.0.113.5", "451 greylisted, try again in 300 seconds (#4.7.1)",
              (("key", "203.0.113.0/24"), ("state", "new")), pid=104),
@@ -282,9 +282,13 @@ def test_standard_input_and_the_text_summary(tmp_path):
     assert re.search(r"\n  5 to 6 +0  <- tag\n  6 to 7 +0\n  7 to 8 +1\n", text)
 
 
-def test_the_text_of_no_lines_at_all():
+def test_the_text_and_page_of_no_lines_at_all():
+    from qtools import reporthtml
+
     text = reporttext.render(count([]))
     assert "qtools-report: lines without time stamps" in text and "(none)" in text
+    page = reporthtml.render(count([]))
+    assert page.count("<svg") == 5 and ">none</td>" in page
 
 
 def test_a_progress_bar_only_on_a_terminal(tmp_path):
