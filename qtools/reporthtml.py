@@ -233,8 +233,19 @@ def render(data):
                  bars_chart([(k, v, None) for k, v in queue["actions"].items()], "messages by action", "#7f3c8d"),
                  key="chart-queue")))
     out.append('<div style="height:16px"></div>')
+    # Narrow tables go two to a row.
+    waiting = None
     for table in tables.values():
-        out.append(_section(table.title, _table(table), key="table-" + table.key))
+        section = _section(table.title, _table(table), key="table-" + table.key)
+        if len(table.columns) > 3:
+            out += [waiting or "", section]
+            waiting = None
+        elif waiting is None:
+            waiting = section
+        else:
+            out.append('<div class="grid" style="margin-bottom:16px">%s%s</div>' % (waiting, section))
+            waiting = None
+    out.append(waiting or "")
     out.append('<p class="note">qtools-report &middot; every number from the decision lines of the smtpd '
                'log</p></main></body></html>\n')
     return "\n".join(out)
