@@ -172,10 +172,11 @@ class Stats:
         network = self._ips.get(ip)
         if network is None:
             parsed = core.parse_ip(ip)
-            network = core.network(parsed[1]) if parsed else ip
+            network = core.network(parsed[1]) if parsed else ""  # "-": no client address
             if len(self._ips) < 1000000:
                 self._ips[ip] = network
-        self.networks[network] += 1
+        if network:
+            self.networks[network] += 1
         rcpt = fields.get("rcpt")
         if rcpt:
             self.recipients[rcpt.lower()] += 1

@@ -172,6 +172,20 @@ def test_a_quoted_reason_and_a_refusal_without_why():
                                       ("rblcheck", 553, "override"): 1}
 
 
+def test_triplets_are_greylist_keys_too_and_a_local_injection_has_no_network():
+    key = "192.0.2.0/24 a@example.org joe@example.com"
+    lines = [line(DAY, "greylist", "192.0.2.1", "proxy", (("key", "192.0.2.0/24"),), pid=1),
+             line(DAY, "greylist", "192.0.2.1", "451 greylisted, try again in 300 seconds (#4.7.1)",
+                  (("key", key), ("state", "new")), pid=1),
+             line(DAY + 400, "greylist", "192.0.2.1", "pass", (("key", key), ("state", "pass"), ("age", 400)), pid=2),
+             queue_line(DAY + 401, "reject", 20.0, ip="-")]
+    data = count(lines)
+    assert (data["greylist"]["deferred"], data["greylist"]["passed_later"]) == (1, 1)
+    assert data["greylist"]["delays"]["5-10 min"] == 1
+    assert data["top_networks"] == [("192.0.2.0/24", 1)]
+    assert refusals(data)[("qtools-queue", 554, "spam")] == 1
+
+
 # --- Options, inputs and outputs -------------------------------------------------------
 
 
