@@ -97,9 +97,10 @@ class Stats:
                     except ValueError:
                         continue
                     last_label = label
-                    if first is None:
+                    if first is None or when < first:
                         first = when
-                    last = when
+                    if last is None or when > last:
+                        last = when
                     if hour != when - when % 3600:
                         hour = when - when % 3600
                         bucket = hours.get(hour)
