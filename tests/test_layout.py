@@ -12,11 +12,13 @@ import pytest
 from qtools import core
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROGRAMS = sorted(core.PROGRAMS) + ["qtools-mkcdb"]
+PROGRAMS = sorted(core.PROGRAMS) + ["qtools-mkcdb", "qtools-report"]
 
 
 def module_of(program):
-    return "qtools.mkcdb" if program == "qtools-mkcdb" else core.PROGRAMS[program]
+    if program.startswith("qtools-"):
+        return "qtools." + program[len("qtools-"):]
+    return core.PROGRAMS[program]
 
 
 def man_synopsis(program):
