@@ -4,13 +4,13 @@ VENV ?= .venv
 PREFIX ?= /usr/local
 DESTDIR ?=
 MANDIR ?= $(PREFIX)/share/man
-PROGRAMS = greylist rblcheck rhostcheck tarpit validrcptto qtools-mkcdb qtools-adaptive qtools-list
+PROGRAMS = greylist rblcheck rhostcheck tarpit throttle validrcptto qtools-mkcdb qtools-report qtools-adaptive qtools-list
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
-DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools
+DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools chromium
 
 VPY = $(VENV)/bin/python
 
-.PHONY: all test check demo bench fuzz load install debs venv clean
+.PHONY: all test check demo demo-report bench fuzz load install debs venv clean
 
 all: venv
 
@@ -45,6 +45,18 @@ check: test
 
 demo: debs venv
 	sh examples/demo
+
+# A day of sample log lines, its report as text and HTML, and a screenshot
+# of the page taken by headless Chromium (which fetches nothing: the page
+# is self-contained).
+demo-report: debs venv
+	mkdir -p demo
+	$(VPY) bench/samplelog.py -n 4000 > demo/sample.log
+	$(VENV)/bin/qtools-report -q 10 -r 15 -H demo/report.html demo/sample.log > demo/report.txt
+	chromium --headless --disable-gpu --no-sandbox --no-first-run --hide-scrollbars \
+	  --user-data-dir="$(CURDIR)/demo/chromium" --window-size=1100,1250 \
+	  --screenshot="$(CURDIR)/demo/report.png" "file://$(CURDIR)/demo/report.html" 2>/dev/null
+	@echo "demo-report: demo/report.txt, demo/report.html, demo/report.png"
 
 bench: debs venv
 	$(VPY) bench/run.py

@@ -31,7 +31,7 @@ BLOCKED = ("%s is blocked until %s: %d of its %d attempts in %s were invalid rec
 BATCH = 2000  # keys counted before their sums are asked of Redis
 PRUNE = 1 << 16  # lines between two sweeps of the idle windows
 # Programs whose lines count only with a why= (trust) or with -r.
-QUIET = frozenset(("rblcheck", "rhostcheck", "greylist", "tarpit"))
+QUIET = frozenset(("rblcheck", "rhostcheck", "greylist", "tarpit", "throttle"))
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 

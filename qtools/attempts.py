@@ -21,7 +21,8 @@ BAD_MESSAGE = frozenset(("quarantine", "drop", "reject"))
 # override and our own failure to read the cdb.
 NOT_THE_CLIENT = frozenset(("override", "failure"))
 # The programs whose lines can matter; the others are skipped unparsed.
-PROGRAMS = frozenset(("qtools-queue", "validrcptto", "rblcheck", "rhostcheck", "greylist", "tarpit"))
+PROGRAMS = frozenset(("qtools-queue", "validrcptto", "rblcheck", "rhostcheck", "greylist", "tarpit",
+                      "throttle"))
 
 
 class Rules:

@@ -11,6 +11,7 @@ PROGRAMS = {
     "rblcheck": "qtools.rblcheck",
     "rhostcheck": "qtools.rhostcheck",
     "tarpit": "qtools.tarpit",
+    "throttle": "qtools.throttle",
     "validrcptto": "qtools.validrcptto",
 }
 
@@ -367,6 +368,22 @@ class Verdict:
             (self.action, self.code, self.text, self.why)
             == (other.action, other.code, other.text, other.why)
         )
+
+
+def step_aside(client, environ, name):
+    """Return the Verdict for a client every check leaves alone or $name refuses, else None.
+
+    RELAYCLIENT and WHITELISTED (cqgreylist's) skip; $name is read on the
+    $RBLSMTPD pattern.
+    """
+    if client.relay:
+        return Verdict("skip", why=(("why", "relayclient"),))
+    if "WHITELISTED" in environ:
+        return Verdict("skip", why=(("why", "whitelisted"),))
+    wish = override(environ, name)
+    if wish.action == "refuse":
+        return from_override(wish)
+    return Verdict("skip", why=(("why", "override"),)) if wish.action == "skip" else None
 
 
 def from_override(ov, default_code=451):

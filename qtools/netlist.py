@@ -52,3 +52,9 @@ def lookup(reader, packed=None, host=None):
             if value is not None:
                 return key, bytes(value)
     return None
+
+
+def listed(reader, client):
+    """Return the text of the entry that lists a core.Client (address or name), or None."""
+    found = lookup(reader, client.packed, client.host)
+    return None if found is None else found[0].decode()

@@ -73,6 +73,7 @@ def record(text):
     (line("rhostcheck", "192.0.2.7", "pass", (("why", "relayclient"),)), "exempt"),
     (line("rblcheck", "192.0.2.7", "pass", (("why", "antilisted"), ("list", "wl"))), "exempt"),
     (line("greylist", "192.0.2.7", "skip", (("why", "whitelisted"),)), "exempt"),
+    (line("throttle", "192.0.2.7", "skip", (("why", "relayclient"),)), "exempt"),
     (line("rblcheck", "192.0.2.7", "451 listed", (("why", "listed"), ("list", "bl"))), None),
     (line("greylist", "192.0.2.7", "451 greylisted, try again in 300 seconds (#4.7.1)",
           (("why", "new"),)), None),

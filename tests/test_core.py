@@ -88,6 +88,22 @@ class TestOverride:
         assert core.from_override(core.override({"X": "a\tb"}, "X")).reply == "451 a?b"
         assert core.from_override(core.override({"X": "-no"}, "X")).reply == "553 no"
 
+    @pytest.mark.parametrize(
+        ("relay", "environ", "expected"),
+        [
+            (True, {"X": "no"}, ("skip", "relayclient")),
+            (False, {"WHITELISTED": "", "X": "no"}, ("skip", "whitelisted")),
+            (False, {"X": ""}, ("skip", "override")),
+            (False, {"X": "-no"}, ("refuse", "override")),
+            (False, {}, None),
+        ],
+    )
+    def test_step_aside(self, relay, environ, expected):
+        """RELAYCLIENT first, then WHITELISTED, then the override variable."""
+        client = core.Client("192.0.2.7", bytes([192, 0, 2, 7]), relay=relay)
+        verdict = core.step_aside(client, environ, "X")
+        assert (verdict and (verdict.action, dict(verdict.why)["why"])) == expected
+
 
 class TestAddresses:
     """Tests for the address helpers."""

@@ -116,3 +116,14 @@ def test_follower_against_a_real_multilog_rotating_under_it(tmp_path):
     assert len([n for n in os.listdir(logdir) if n.startswith("@")]) > 5  # it did rotate
     assert [int(record.fields["n"]) for record in seen] == list(range(total))
     assert all(record.time for record in seen)
+
+
+@pytest.mark.parametrize("rest", ["pass", "pass key=1.2.3.0/24 state=known age=3", "451 a=b c d=e",
+                                  "451 x  y=1", "k=v", "a 1=2 b=c", "a=b=c", "t A=1 b=2", "x = y=",
+                                  "see ?ip=1 list=bl.example", "q _a=1 b=2"])
+def test_the_quick_reading_of_a_line_without_quotes_is_the_regular_one(rest):
+    # A quoted field sends the same line through the regular reading.
+    verdict, fields = logread.split_fields(rest)
+    quoted_verdict, quoted_fields = logread.split_fields(rest + ' z="1 2"')
+    assert quoted_fields.pop("z") == "1 2"
+    assert (verdict, fields) == (quoted_verdict, quoted_fields)

@@ -4,6 +4,7 @@
 import os
 import signal
 import smtplib
+import socket
 import subprocess
 import time
 
@@ -84,4 +85,24 @@ def test_demo_serves_the_whole_chain(demo):
     assert len(read_maildir(maildir)) == 2
     logged = log.read_bytes().decode()
     assert "greylist: 127.0.0.1 pid " in logged
+    assert "throttle: 127.0.0.2 pid " in logged
     assert "rblcheck: 127.0.0.2 pid " in logged
+
+
+def test_demo_throttles_a_fourth_connection(demo):
+    """Three connections from one address are served; a fourth hears throttle's 421."""
+    port, _, _ = demo
+
+    def greeting():
+        s = socket.create_connection(("127.0.0.1", port), timeout=20)
+        return s, s.makefile("rb").readline()
+
+    held = [greeting() for _ in range(3)]
+    try:
+        assert [line[:4] for _, line in held] == [b"220 "] * 3
+        s, line = greeting()
+        s.close()
+        assert line == b"421 too many connections from your network, try again later (#4.3.2)\r\n"
+    finally:
+        for s, _ in held:
+            s.close()
