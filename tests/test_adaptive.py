@@ -262,6 +262,9 @@ def test_query_list_and_lift(tmp_path):
     assert out.endswith("(6 of 11 attempts bad, offence 1)\n")
     code, out, _ = adaptive_cmd(["-q", "2001:db8::99", state, block_cdb])
     assert code == 0 and out.startswith("2001:db8::/64: blocked until ")
+    result = run_prog(["rblcheck", "-D", str(block_cdb), "true"], env={"TCPREMOTEIP": "2001:db8::99"},
+                      stdin=b"RCPT TO:<c@d>\r\nQUIT\r\n")
+    assert b"451 your network 2001:db8::/64 is blocked until " in result.out
     assert adaptive_cmd(["-q", "192.0.2.8", state, block_cdb])[:2] == (100, "192.0.2.8: not blocked\n")
     code, out, _ = adaptive_cmd(["-l", state, block_cdb])
     assert [l.split(":")[0] for l in out.splitlines()] == ["192.0.2.7", "2001", "2001"]
