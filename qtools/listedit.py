@@ -47,6 +47,8 @@ def line_key(line):
 def add(lines, entry, text):
     """Return lines with entry's line added, or put in place of the line with its key."""
     key = key_of(entry)
+    if any(c < " " or c == "\x7f" for c in text):
+        raise core.Die(core.USAGE_EXIT, "the text holds a control character: %s" % core.clean(text))
     new = os.fsencode(entry) + (b" " + os.fsencode(text) if text else b"") + b"\n"
     out = [new if line_key(line) == key else line for line in lines]
     return out if new in out else out + [new]

@@ -65,6 +65,9 @@ def test_bad_input_names_file_and_line_and_keeps_the_old_cdb(tmp_path):
     assert (lists / "deny.cdb").read_bytes() == before
     assert b"198.51.100" not in (lists / "deny").read_bytes()
     assert not [n for n in os.listdir(lists) if n.endswith(".tmp")]
+    result = qlist(lists, "deny", "add", "192.0.2.8", "two\n0.0.0.0/0 lines")
+    assert (result.rc, result.err) == (
+        100, b"qtools-list: fatal: the text holds a control character: two?0.0.0.0/0 lines\n")
     result = qlist(lists, "deny", "del", "203.0.113.1")
     assert (result.rc, result.err) == (100, b"qtools-list: fatal: 203.0.113.1 is not in the list\n")
 
