@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: ISC
 """Tests for qtools-adaptive: what counts, the window, blocks, the state, the cdb, Redis."""
 
+import json
 import os
 import subprocess
 import time
@@ -400,3 +401,15 @@ def test_permanent_texts_for_rblcheck_b(tmp_path):
                       env={"TCPREMOTEIP": "192.0.2.7"}, stdin=b"RCPT TO:<c@d>\r\nQUIT\r\n")
     assert b"553 your address 192.0.2.7 is blocked until " in result.out
     assert b"spam or viruses (#5.7.1)\r\n" in result.out
+
+
+def test_local_injections_count_for_no_one(tmp_path):
+    lines = [message("-", "reject", when=NOW + n, spam="yes") for n in range(20)]
+    state = run_lines(tmp_path, lines, NOW + 60)
+    assert state.current(NOW + 60) == {}
+    with open(tmp_path / "state" / "state") as f:
+        assert json.load(f)["windows"] == {}
+    lines = [message("192.0.2.7", "reject", when=NOW + n, spam="yes") for n in range(2)]
+    run_lines(tmp_path, lines, NOW + 60)
+    with open(tmp_path / "state" / "state") as f:
+        assert list(json.load(f)["windows"]) == ["192.0.2.7"]
