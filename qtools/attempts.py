@@ -122,26 +122,40 @@ class Tracker:
             self.windows[key] = [attempts, bad, deque(list(b) for b in buckets)]
 
     def add(self, key, when, bad):
-        """Count one attempt of key at time when; return (attempts, bad) in its window."""
+        """Count one attempt of key at time when; return (attempts, bad) in its window.
+
+        The window ends at the newest line of key: a line older than that
+        (from another log directory read after) counts in its own bucket,
+        or not at all once it is a whole window older.
+        """
         index = int(when // self.rules.width)
         entry = self.windows.get(key)
         if entry is None:
             entry = self.windows[key] = [0, 0, deque()]
         buckets = entry[2]
-        oldest = index - self.rules.buckets
+        oldest = max(index, buckets[-1][0] if buckets else index) - self.rules.buckets
+        if index <= oldest:
+            return entry[0], entry[1]
         while buckets and buckets[0][0] <= oldest:
             gone = buckets.popleft()
             entry[0] -= gone[1]
             entry[1] -= gone[2]
-        if buckets and buckets[-1][0] >= index:
-            last = buckets[-1]  # a line older than the last one read: count it there
+        if not buckets or buckets[-1][0] < index:
+            bucket = [index, 0, 0]
+            buckets.append(bucket)
         else:
-            last = [index, 0, 0]
-            buckets.append(last)
-        last[1] += 1
+            at = len(buckets) - 1
+            while buckets[at][0] > index and at > 0:
+                at -= 1
+            if buckets[at][0] == index:
+                bucket = buckets[at]
+            else:
+                bucket = [index, 0, 0]
+                buckets.insert(at + (buckets[at][0] < index), bucket)
+        bucket[1] += 1
         entry[0] += 1
         if bad:
-            last[2] += 1
+            bucket[2] += 1
             entry[1] += 1
         return entry[0], entry[1]
 

@@ -413,3 +413,31 @@ def test_local_injections_count_for_no_one(tmp_path):
     run_lines(tmp_path, lines, NOW + 60)
     with open(tmp_path / "state" / "state") as f:
         assert list(json.load(f)["windows"]) == ["192.0.2.7"]
+
+
+def test_tracker_counts_an_older_line_in_its_own_bucket():
+    rules = Rules()
+    tracker = Tracker(rules)
+    tracker.add("k", NOW + 600, False)
+    tracker.add("k", NOW + 1200, False)
+    assert tracker.add("k", NOW, True) == (3, 1)  # ten minutes older: in the window
+    assert tracker.add("k", NOW - 3 * 3600, True) == (3, 1)  # hours older: not counted
+    assert [b[0] for b in tracker.windows["k"][2]] == sorted(b[0] for b in tracker.windows["k"][2])
+    assert len(tracker.windows["k"][2]) == 3
+    # a newer line pushes the old bucket out, and its count with it
+    assert tracker.add("k", NOW + 3600 + 120, False) == (3, 0)
+
+
+def test_two_log_directories_read_one_after_the_other(tmp_path):
+    # the second directory's lines are older than the first's last ones:
+    # hours-old bad lines make no block now
+    first, second = tmp_path / "one", tmp_path / "two"
+    for directory in (first, second):
+        directory.mkdir()
+    start = time.time() - 3 * 3600
+    with open(first / "current", "w") as f:
+        f.writelines(burst("192.0.2.7", 5, 0, time.time() - 60))
+    with open(second / "current", "w") as f:
+        f.writelines(burst("192.0.2.7", 0, 6, start))
+    code, _, err = adaptive_cmd([tmp_path / "s", tmp_path / "b.cdb", first, second])
+    assert (code, err) == (0, "")
