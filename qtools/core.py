@@ -8,6 +8,7 @@ import sys
 # in a chain.  qtools-mkcdb is not a chain program.
 PROGRAMS = {
     "greylist": "qtools.greylist",
+    "mfcheck": "qtools.mfcheck",
     "rblcheck": "qtools.rblcheck",
     "rhostcheck": "qtools.rhostcheck",
     "tarpit": "qtools.tarpit",

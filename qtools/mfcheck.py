@@ -1,0 +1,318 @@
+# SPDX-License-Identifier: ISC
+"""mfcheck: HELO and envelope-sender checks (DNS, patterns, RHSBL, SPF) and recipient caps."""
+
+import time
+
+from qtools import core
+
+PROG = "mfcheck"
+USAGE = (
+    "mfcheck [ -k tests ] [ -H tests ] [ -h helofile ] [ -b senderfile ] [ -N ]"
+    " [ -l base[=codes][*weight] ] [ -s score ] [ -p level ] [ -r max ] [ -R max ]"
+    " [ -e address ] [ -T dnstimeout ] [ -S ip[:port] ] prog..."
+)
+OVERRIDE = "QTOOLS_MFCHECK"
+
+# SMTP replies.
+HELO_REFUSED = {
+    "literal": "550 sorry, your HELO is an address that is not yours (#5.7.1)",
+    "fqdn": "550 sorry, your HELO is not a fully qualified domain name (#5.5.2)",
+    "self": "550 sorry, your HELO is my own name (#5.7.1)",
+    "pattern": "550 sorry, your HELO name is not welcome here (#5.7.1)",
+}
+NO_DOMAIN = "553 sorry, your envelope sender domain must exist (#5.1.8)"
+NULL_MX = "550 sorry, your envelope sender domain does not accept mail (#5.7.27)"
+DNS_FAIL = "451 unable to look up your envelope sender domain, try again later (#4.4.3)"
+BADMAILFROM = "553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)"
+RHSBL = "553 sorry, your envelope sender domain %s is listed by %s (#5.7.1)"
+SPF_REFUSED = "550 sorry, SPF says %s for %s from %s (#5.7.23)"
+SPF_EXPLAINED = "550 %s (#5.7.23)"
+SPF_PERMERROR = "550 sorry, the SPF record of %s is broken (#5.7.24)"
+SPF_TEMP = "451 temporary SPF error for %s, try again later (#4.7.24)"
+TOO_MANY = "452 too many recipients (#4.5.3)"
+
+TESTS = ("helo", "dns", "pattern", "rhsbl", "spf")
+EXEMPT = "postmaster@ abuse@"
+DNS_TIMEOUT = 10.0
+# SPFBEHAVIOR level from which each result refuses (the qmail-spf patch's levels).
+SPF_LEVELS = {"temperror": 2, "fail": 3, "softfail": 4, "neutral": 5, "none": 6, "permerror": 6}
+
+
+class Config:
+    """The options and variables of one connection, with their defaults."""
+
+    def __init__(self):
+        from qtools.helocheck import TESTS as HELO_TESTS
+
+        self.helo = set(HELO_TESTS)
+        self.helo_patterns = self.patterns = None
+        self.dns = True
+        self.lists, self.threshold = [], 1
+        self.spf = 0
+        self.max_rcpt = self.max_rcpt_conn = 0
+        self.exempt = EXEMPT.split()
+        self.mark = set()
+        self.own_names, self.own_ips = (), ()
+        self.receiver = "unknown"
+        self.timeout, self.servers = DNS_TIMEOUT, None
+        self.refusal = None  # the override's fixed refusal
+
+
+def exempt(address, entries):
+    """Return the entry of the exemption list a recipient matches, or None."""
+    local, at, domain = address.lower().rpartition("@")
+    if not at:
+        local = domain
+    for entry in entries:
+        entry = entry.lower()
+        if entry in (address.lower(), local + "@", "@" + domain) and entry != "@":
+            return entry
+    return None
+
+
+def spf_hit(result, explanation, domain, client, level):
+    """Return (code, text) when SPF result refuses at level, else None."""
+    if level < SPF_LEVELS.get(result, 99):
+        return None
+    if result == "temperror":
+        return SPF_TEMP % domain
+    if result == "permerror":
+        return SPF_PERMERROR % domain
+    if result == "fail" and explanation:
+        return SPF_EXPLAINED % core.clean(explanation)
+    return SPF_REFUSED % (result, domain, client.ip)
+
+
+def decide(sender, helo, client, config, ask, now=0.0, whitelisted=False):
+    """Return the Verdict on one MAIL FROM: sender and helo are text, ask(questions) the DNS."""
+    from qtools import helocheck, senderdns
+
+    fields = [("from", sender), ("helo", helo or "")]
+    hits = []  # (test, reply, why fields)
+    address = sender.lower()
+    if config.patterns and address:
+        entry = config.patterns.sender(address)
+        if entry is not None:
+            hits.append(("pattern", BADMAILFROM, [("why", "badmailfrom"), ("entry", entry)]))
+    if not whitelisted and helo is not None:
+        tests = config.helo if config.helo_patterns else config.helo - {"pattern"}
+        found = helocheck.check(helo, client, tests, config.own_names, config.own_ips,
+                                config.helo_patterns)
+        if found is not None:
+            hits.append(("helo", HELO_REFUSED[found[0]], [("why", "helo" + found[0])]))
+    domain = address.rpartition("@")[2] if "@" in address else ""
+    about_domain = []
+    if address and not domain.startswith("[") and not whitelisted:
+        from qtools.spfrecord import valid_domain
+
+        if not valid_domain(domain):
+            hits.append(("dns", NO_DOMAIN, [("why", "nodomain")]))
+        elif not any(t not in config.mark and r[:1] == "5" for t, r, _ in hits):
+            about_domain = senderdns.questions(domain, config.dns, config.lists)
+    spf_domain = domain if address else (helo or "").strip().lower()
+    about_spf = []
+    if config.spf and not whitelisted and spf_domain and not spf_domain.startswith("["):
+        about_spf = [(spf_domain, "TXT")]
+    # One batch: the MX check, the RHSBL and the SPF record are asked at once.
+    answers = ask(about_domain + about_spf) if about_domain or about_spf else []
+    if about_domain and config.dns:
+        why = senderdns.mx_why(*answers[:3])
+        if why is not None:
+            hits.append(("dns", {"nodomain": NO_DOMAIN, "nullmx": NULL_MX}.get(why, DNS_FAIL),
+                         [("why", why)]))
+    if about_domain and config.lists:
+        first = 3 if config.dns else 0
+        score, listed, failed = senderdns.rhsbl(config.lists, answers[first : len(about_domain)])
+        fields += [("rhsblfail", ",".join(failed))] if failed else []
+        if listed:
+            fields += [("score", score), ("hits", ",".join(listed))]
+        if listed and score >= config.threshold:
+            hits.append(("rhsbl", RHSBL % (domain, ", ".join(listed)),
+                         [("why", "rhsbl"), ("list", ",".join(listed))]))
+    if about_spf:
+        from qtools import spf
+
+        identity = sender if address else "postmaster@" + spf_domain
+        checker = spf.Checker(ask, client.packed, identity, helo or "unknown", config.receiver,
+                              {about_spf[0]: answers[-1]}, now)
+        result, explanation = checker.check(spf_domain)
+        fields.append(("spf", result))
+        reply = spf_hit(result, explanation, spf_domain, client, config.spf)
+        if reply is not None:
+            hits.append(("spf", reply, [("why", "spf")]))
+    return combine(hits, fields, config.mark)
+
+
+def combine(hits, fields, mark):
+    """Return the Verdict of the tests that hit: a 5xx first, then a 4xx, then marks."""
+    refusing = [h for h in hits if h[0] not in mark]
+    refusing.sort(key=lambda h: h[1][:1] != "5")
+    if refusing:
+        test, reply, why = refusing[0]
+        return core.Verdict("refuse", int(reply[:3]), reply[4:], fields + why)
+    if hits:
+        tests = ",".join(h[0] for h in hits)
+        tags = ",".join("%s:%s" % (PROG, h[0]) for h in hits)
+        return core.Verdict("mark", why=fields + [("why", tests), ("tags", tags)])
+    return core.Verdict("pass", why=fields)
+
+
+def text(data):
+    """Return bytes from the wire as text for the log and the tests."""
+    return data.decode("latin-1")
+
+
+class MailCheck:
+    """The proxy filter: judge each MAIL, refuse at RCPT (sparing the exempt), cap recipients."""
+
+    def __init__(self, config, asker, clock=time.time):
+        self.config, self.asker, self.clock = config, asker, clock
+        self.pending = None  # a refusal owed to the recipients of this transaction
+        self.in_message = self.in_connection = 0
+
+    def command(self, session, verb, line):
+        if session.authenticated:
+            return None  # SMTP AUTH steps aside, as RELAYCLIENT does
+        if verb == b"mail":
+            return self.mail(session, line)
+        if verb == b"rcpt":
+            return self.rcpt(session, line)
+        if verb in (b"rset", b"helo", b"ehlo"):
+            self.pending, self.in_message = None, 0
+        return None
+
+    def reply(self, session, verb, lines):
+        if verb == b"mail" and lines[0][:1] != b"2":
+            self.pending = None  # no transaction: nothing owed
+        return None
+
+    def mail(self, session, line):
+        from qtools.address import parse_path
+
+        self.pending, self.in_message = None, 0
+        address = parse_path(line)
+        if address is None:
+            return None  # qmail-smtpd refuses it itself
+        config = self.config
+        helo = None if session.helo is None else text(session.helo)
+        if config.refusal is not None:
+            verdict = core.Verdict(config.refusal.action, config.refusal.code, config.refusal.text,
+                                   (("from", text(address)),) + config.refusal.why)
+        else:
+            whitelisted = "WHITELISTED" in session.environ
+            verdict = decide(text(address), helo, session.client, config, self.asker(),
+                             self.clock(), whitelisted)
+        if verdict.action == "refuse":
+            session.log(verdict.reply, verdict.why)
+            if not config.exempt:
+                return (verdict.reply + "\r\n").encode("ascii", "replace")
+            self.pending = verdict  # said to each recipient not exempt
+            return None
+        if verdict.action == "mark":
+            for tag in dict(verdict.why)["tags"].split(","):
+                core.mark(session.environ, tag)
+        session.log(verdict.action, verdict.why)
+        return None
+
+    def rcpt(self, session, line):
+        from qtools.address import parse_path
+
+        config = self.config
+        address = parse_path(line)
+        shown = text(address if address is not None else line)
+        if self.pending is not None:
+            entry = exempt(shown, config.exempt) if address is not None else None
+            if entry is None:
+                return (self.pending.reply + "\r\n").encode("ascii", "replace")
+            session.log("pass", (("rcpt", shown), ("why", "exempt"), ("entry", entry)))
+        for count, cap, why in ((self.in_message, config.max_rcpt, "maxrcpt"),
+                                (self.in_connection, config.max_rcpt_conn, "maxrcptconn")):
+            if cap and count >= cap:
+                session.log(TOO_MANY, (("rcpt", shown), ("why", why), ("count", count)))
+                return (TOO_MANY + "\r\n").encode()
+        self.in_message += 1
+        self.in_connection += 1
+        return None
+
+
+def names(text, allowed, where):
+    """Return the set of test names in a comma list ("all" for every one); ValueError names where."""
+    found = {n.strip() for n in text.replace(",", " ").split()}
+    if "all" in found:
+        return set(allowed)
+    bad = sorted(found - set(allowed) - {"none"})
+    if bad:
+        raise ValueError("unknown test %s in %s" % (bad[0], where))
+    return found - {"none"}
+
+
+def parse(argv, environ):
+    """Return (Config, rest of argv); variables set per client override the options."""
+    from qtools import helocheck, patterns, resolver
+
+    options, rest = core.getopt(argv, "k:H:h:b:Nl:s:p:r:R:e:T:S:")
+    if not rest:
+        raise core.Usage()
+    config, values, exempts, lists = Config(), {}, None, []
+    for letter, value in options:
+        if letter == "e":
+            exempts = (exempts or []) + [value]
+        elif letter == "l":
+            lists.append(value)
+        else:
+            values[letter] = value
+    for letter, name in (("k", "MFCHECK_MARK"), ("H", "MFCHECK_HELO"), ("h", "MFCHECK_BADHELO"),
+                         ("b", "MFCHECK_BADMAILFROM"), ("s", "MFCHECK_THRESHOLD"),
+                         ("p", "SPFBEHAVIOR"), ("r", "MFCHECK_MAXRCPT"),
+                         ("R", "MFCHECK_MAXRCPTCONN"), ("T", "MFCHECK_TIMEOUT")):
+        if name in environ:
+            values[letter] = environ[name]
+    if "MFCHECK_RHSBL" in environ:
+        lists = environ["MFCHECK_RHSBL"].split()
+    if "MFCHECK_EXEMPT" in environ:
+        exempts = environ["MFCHECK_EXEMPT"].split()
+    try:
+        config.mark = names(values.get("k", ""), TESTS, "-k")
+        config.helo = names(values.get("H", ",".join(helocheck.TESTS)), helocheck.TESTS, "-H")
+        config.threshold = int(values.get("s", "1"))
+        config.spf = int(values.get("p", "0"))
+        config.max_rcpt = int(values.get("r", "0"))
+        config.max_rcpt_conn = int(values.get("R", "0"))
+        config.lists = [resolver.parse_list(spec) for spec in lists]
+        if "T" in values:
+            config.timeout = core.seconds(values["T"])
+        if not 0 <= config.spf <= 6 or min(config.max_rcpt, config.max_rcpt_conn) < 0:
+            raise ValueError("out of range")
+    except ValueError as error:
+        raise core.Die(core.USAGE_EXIT, "invalid configuration: %s" % core.clean(str(error)))
+    if "S" in values:
+        config.servers = resolver.option_servers("S", values["S"])
+    config.dns = "N" not in values and core.flag(environ, "MFCHECK_DNS", True)
+    if exempts is not None:
+        config.exempt = [e for e in exempts if e]
+    if values.get("h"):
+        config.helo_patterns = patterns.load(values["h"], PROG)
+    if values.get("b"):
+        config.patterns = patterns.load(values["b"], PROG)
+    return config, rest
+
+
+@core.main_of(PROG, USAGE)
+def main(argv, environ):
+    """Judge HELO and MAIL FROM, cap recipients, then hand the connection on."""
+    config, rest = parse(argv, environ)
+    client = core.client(environ)
+    wish = core.override(environ, OVERRIDE)
+    if client.relay or wish.action == "skip":
+        return core.chain(PROG, rest, environ)
+    if wish.action == "refuse":
+        config.refusal = core.from_override(wish)
+    own = environ.get("QTOOLS_HOSTNAME") or environ.get("TCPLOCALHOST") or ""
+    config.own_names = {n.lower().rstrip(".") for n in own.split()}
+    config.receiver = own.split()[0] if own.split() else "unknown"
+    local = core.parse_ip(environ.get("TCPLOCALIP", ""))
+    config.own_ips = {local[1]} if local else set()
+    from qtools import proxy, senderdns
+
+    ask = senderdns.asker(PROG, environ, config.servers, config.timeout)
+    return proxy.add_filter(PROG, MailCheck(config, ask), rest, environ)
