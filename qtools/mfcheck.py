@@ -46,6 +46,7 @@ class Config:
 
         self.helo = set(HELO_TESTS)
         self.helo_patterns = self.patterns = None
+        self.files = (None, None)  # the HELO and sender pattern files, read once needed
         self.dns = True
         self.lists, self.threshold = [], 1
         self.spf = 0
@@ -94,9 +95,10 @@ def decide(sender, helo, client, config, ask, now=0.0, whitelisted=False):
         entry = config.patterns.sender(address)
         if entry is not None:
             hits.append(("pattern", BADMAILFROM, [("why", "badmailfrom"), ("entry", entry)]))
-    if not whitelisted and helo is not None:
+    if not whitelisted:
+        # No HELO at all is tested as an empty name: qmail-smtpd lets it pass.
         tests = config.helo if config.helo_patterns else config.helo - {"pattern"}
-        found = helocheck.check(helo, client, tests, config.own_names, config.own_ips,
+        found = helocheck.check(helo or "", client, tests, config.own_names, config.own_ips,
                                 config.helo_patterns)
         if found is not None:
             hits.append(("helo", HELO_REFUSED[found[0]], [("why", "helo" + found[0])]))
@@ -248,7 +250,7 @@ def names(text, allowed, where):
 
 def parse(argv, environ):
     """Return (Config, rest of argv); variables set per client override the options."""
-    from qtools import helocheck, patterns, resolver
+    from qtools import helocheck, resolver
 
     options, rest = core.getopt(argv, "k:H:h:b:Nl:s:p:r:R:e:T:S:")
     if not rest:
@@ -290,10 +292,7 @@ def parse(argv, environ):
     config.dns = "N" not in values and core.flag(environ, "MFCHECK_DNS", True)
     if exempts is not None:
         config.exempt = [e for e in exempts if e]
-    if values.get("h"):
-        config.helo_patterns = patterns.load(values["h"], PROG)
-    if values.get("b"):
-        config.patterns = patterns.load(values["b"], PROG)
+    config.files = values.get("h"), values.get("b")
     return config, rest
 
 
@@ -307,6 +306,12 @@ def main(argv, environ):
         return core.chain(PROG, rest, environ)
     if wish.action == "refuse":
         config.refusal = core.from_override(wish)
+    else:
+        from qtools import patterns
+
+        helo_file, sender_file = config.files
+        config.helo_patterns = patterns.load(helo_file, PROG) if helo_file else None
+        config.patterns = patterns.load(sender_file, PROG) if sender_file else None
     own = environ.get("QTOOLS_HOSTNAME") or environ.get("TCPLOCALHOST") or ""
     config.own_names = {n.lower().rstrip(".") for n in own.split()}
     config.receiver = own.split()[0] if own.split() else "unknown"

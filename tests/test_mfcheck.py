@@ -236,8 +236,10 @@ class TestDecide:
         assert "spf" in dict(got.why)
 
 
-def session(environ=None):
-    return proxy.Session(CLIENT, dict(environ or {}), logger=lambda *args: session.logs.append(args))
+def session(environ=None, helo=b"mail.example.org"):
+    s = proxy.Session(CLIENT, dict(environ or {}), logger=lambda *args: session.logs.append(args))
+    s.helo = helo
+    return s
 
 
 def checker(table=TABLE, **values):
@@ -258,7 +260,7 @@ class TestFilter:
         assert check.command(s, b"rcpt", b"RCPT TO:<Postmaster@example.net>") is None
         assert check.command(s, b"rcpt", b"RCPT TO:<abuse@other.example>") is None
         assert [log[2] for log in session.logs] == [mfcheck.NO_DOMAIN, "pass", "pass"]
-        assert session.logs[0][3] == (("from", "a@nowhere.example"), ("helo", ""), ("why", "nodomain"))
+        assert session.logs[0][3] == (("from", "a@nowhere.example"), ("helo", "mail.example.org"), ("why", "nodomain"))
 
     def test_without_exemptions_refuses_at_mail(self):
         """With an empty exemption list the MAIL itself is refused."""
@@ -298,6 +300,12 @@ class TestFilter:
         assert check.command(s, b"mail", b"MAIL FROM:<a@nowhere.example>") is None
         assert s.environ["QTOOLS_SUSPECT"] == "rblcheck:x mfcheck:dns"
         assert session.logs[0][2] == "mark"
+
+    def test_no_helo_is_an_empty_name(self):
+        """A client that never said HELO fails the fqdn test."""
+        check, s = checker(), session(helo=None)
+        check.command(s, b"mail", b"MAIL FROM:<a@example.org>")
+        assert session.logs[0][2] == mfcheck.HELO_REFUSED["fqdn"]
 
     def test_backend_refusal_clears(self):
         """A MAIL the backend refuses leaves nothing owed."""
