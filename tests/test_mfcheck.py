@@ -472,3 +472,86 @@ class TestProgram:
         """Without a program to run, mfcheck prints its usage."""
         result = run_prog(["mfcheck"], {"TCPREMOTEIP": "192.0.2.7"})
         assert result.rc == 100 and result.err == b"mfcheck: usage: %s\n" % mfcheck.USAGE.encode()
+
+
+# --- end to end: tcpserver and swaks ----------------------------------------------
+
+E2E_RECORDS = dict(RECORDS, **{
+    "strict.example": [("MX", "10 mx.example.org."), ("TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')],
+})
+
+
+def swaks(server, sender, to="joe@example.net", helo="mail.example.org", *more):
+    """Run swaks against server with this envelope sender and HELO; return its transcript."""
+    argv = ["swaks", "--server", server.host, "--port", str(server.port), "--from", sender,
+            "--to", to, "--helo", helo, "--timeout", "30"]
+    done = subprocess.run(argv + list(more), capture_output=True, timeout=60)
+    return done.stdout.decode("latin-1")
+
+
+@pytest.mark.e2e
+class TestEndToEnd:
+    """mfcheck under the real tcpserver, asking the test DNS server, talked to by swaks."""
+
+    @pytest.fixture
+    def start(self, tcpserver, maildir):
+        servers = []
+
+        def start(env=None, rules_text=None, options=()):
+            dns = DNSServer(E2E_RECORDS, behaviour=BEHAVIOUR)
+            servers.append(dns)
+            env = dict({"QTOOLS_RESOLVER": dns.address, "MFCHECK_TIMEOUT": "2"}, **(env or {}))
+            return tcpserver(["mfcheck"] + list(options) + sink_cmd(maildir), env=env,
+                             rules_text=rules_text)
+
+        yield start
+        for dns in servers:
+            dns.close()
+
+    def test_issue_example_is_refused(self, start, maildir):
+        """HELO 1.2.3.4 with a sender at a domain that does not exist is no longer delivered."""
+        server = start()
+        out = swaks(server, "x@no-such-domain.invalid", helo="1.2.3.4")
+        assert "<** 550 sorry, your HELO is an address that is not yours (#5.7.1)" in out, out
+        assert read_maildir(maildir) == []
+        out = swaks(server, "x@no-such-domain.invalid")
+        assert "<** 553 sorry, your envelope sender domain must exist (#5.1.8)" in out, out
+        assert ("mfcheck: 127.0.0.1 pid " in server.log()
+                and "553 sorry, your envelope sender domain must exist (#5.1.8) "
+                    "from=x@no-such-domain.invalid helo=mail.example.org why=nodomain" in server.log())
+
+    def test_good_sender_delivered(self, start, maildir):
+        """A sender whose domain has an MX, with a good HELO, is delivered."""
+        server = start()
+        out = swaks(server, "joe@example.org")
+        assert "<-  250 " in out.split("DATA")[-1], out
+        (message,) = read_maildir(maildir)
+        assert b"X-Sink-To: <joe@example.net>" in message
+
+    def test_postmaster_exempt(self, start, maildir):
+        """The refused sender still reaches postmaster@."""
+        server = start()
+        out = swaks(server, "x@null.example", to="postmaster@example.net")
+        assert " 354 " in out, out
+        assert len(read_maildir(maildir)) == 1
+
+    def test_spf_fail_with_level(self, start, maildir):
+        """SPFBEHAVIOR=3 from tcp.smtp refuses a client the record does not allow."""
+        server = start(rules_text='127.0.0.1:allow,SPFBEHAVIOR="3"\n:allow\n')
+        out = swaks(server, "x@strict.example")
+        assert "<** 550 sorry, SPF says fail for strict.example from 127.0.0.1 (#5.7.23)" in out, out
+        assert "spf=fail why=spf" in server.log()
+
+    def test_servfail_is_451(self, start, maildir):
+        """A broken sender domain is deferred, never refused for good."""
+        server = start()
+        out = swaks(server, "x@broken.example")
+        assert "<** 451 unable to look up your envelope sender domain" in out, out
+
+    def test_recipient_cap_swaks(self, start, maildir):
+        """At the per-message cap swaks hears 452 and the message goes to the others."""
+        server = start(options=["-r", "2"])
+        out = swaks(server, "joe@example.org", "a@example.net,b@example.net,c@example.net")
+        assert "<** 452 too many recipients (#4.5.3)" in out, out
+        (message,) = read_maildir(maildir)
+        assert b"<a@example.net>" in message and b"<c@example.net>" not in message
