@@ -1,9 +1,13 @@
 # SPDX-License-Identifier: ISC
-"""The HELO/EHLO tests of mfcheck: address literals, FQDN syntax, our own name, a pattern list."""
+"""The HELO/EHLO tests of mfcheck: address literals, FQDN syntax, our own name, a pattern list;
+and the protocol tests of the greeting phase (postscreen's deep tests)."""
 
 from qtools import core
 
 TESTS = ("literal", "fqdn", "self", "pattern")
+PROTOCOL_TESTS = ("pipelining", "nonsmtp")
+# Verbs of other protocols, sent by open-proxy scanners and misdirected clients.
+NON_SMTP = frozenset((b"connect", b"get", b"post", b"head", b"put", b"user", b"pass"))
 
 
 def literal(name):
@@ -53,3 +57,35 @@ def check(helo, client, tests, own_names=(), own_ips=(), patterns=None):
         if entry is not None:
             return "pattern", entry
     return None
+
+
+class Protocol:
+    """Watch the client's commands for what no SMTP client does; one verdict per test and connection.
+
+    pipelining: a command sent before the reply to the greeting or to
+    HELO/EHLO reached us (so before the client could have read it; EHLO's
+    PIPELINING holds only after that reply).  nonsmtp: an HTTP or POP verb.
+    """
+
+    def __init__(self, tests):
+        self.tests = set(tests)
+        self.awaiting = b"greeting"  # the reply the client must wait for, or None
+        self.found = set()
+
+    def command(self, verb):
+        """Return (test, detail) of the first violation this command shows, or None."""
+        hit = None
+        if verb in NON_SMTP and "nonsmtp" in self.tests:
+            hit = ("nonsmtp", verb.decode("latin-1"))
+        elif self.awaiting is not None and "pipelining" in self.tests:
+            hit = ("pipelining", self.awaiting.decode())
+        if verb in (b"helo", b"ehlo"):
+            self.awaiting = verb
+        if hit is None or hit[0] in self.found:
+            return None
+        self.found.add(hit[0])
+        return hit
+
+    def reply(self, verb):
+        if verb in (b"", b"helo", b"ehlo"):
+            self.awaiting = None

@@ -7,7 +7,7 @@ from qtools import core
 
 PROG = "mfcheck"
 USAGE = (
-    "mfcheck [ -k tests ] [ -H tests ] [ -h helofile ] [ -b senderfile ] [ -N ]"
+    "mfcheck [ -k tests ] [ -H tests ] [ -P tests ] [ -h helofile ] [ -b senderfile ] [ -N ]"
     " [ -l base[=codes][*weight] ] [ -s score ] [ -p level ] [ -r max ] [ -R max ]"
     " [ -e address ] [ -T dnstimeout ] [ -S ip[:port] ] prog..."
 )
@@ -30,8 +30,10 @@ SPF_EXPLAINED = "550 %s (#5.7.23)"
 SPF_PERMERROR = "550 sorry, the SPF record of %s is broken (#5.7.24)"
 SPF_TEMP = "451 temporary SPF error for %s, try again later (#4.7.24)"
 TOO_MANY = "452 too many recipients (#4.5.3)"
+PROTOCOL = "421 SMTP protocol violation, closing connection (#4.5.0)"
 
-TESTS = ("helo", "dns", "pattern", "rhsbl", "spf")
+TESTS = ("helo", "dns", "pattern", "rhsbl", "spf", "pipelining", "nonsmtp")
+MARKED = "pipelining,nonsmtp"  # the tests that mark unless told otherwise
 EXEMPT = "postmaster@ abuse@"
 DNS_TIMEOUT = 10.0
 # SPFBEHAVIOR level from which each result refuses (the qmail-spf patch's levels).
@@ -42,9 +44,10 @@ class Config:
     """The options and variables of one connection, with their defaults."""
 
     def __init__(self):
-        from qtools.helocheck import TESTS as HELO_TESTS
+        from qtools.helocheck import PROTOCOL_TESTS, TESTS as HELO_TESTS
 
         self.helo = set(HELO_TESTS)
+        self.protocol = set(PROTOCOL_TESTS)
         self.helo_patterns = self.patterns = None
         self.files = (None, None)  # the HELO and sender pattern files, read once needed
         self.dns = True
@@ -52,7 +55,7 @@ class Config:
         self.spf = 0
         self.max_rcpt = self.max_rcpt_conn = 0
         self.exempt = EXEMPT.split()
-        self.mark = set()
+        self.mark = set(MARKED.split(","))
         self.own_names, self.own_ips = (), ()
         self.receiver = "unknown"
         self.timeout, self.servers = DNS_TIMEOUT, None
@@ -168,13 +171,24 @@ class MailCheck:
     """The proxy filter: judge each MAIL, refuse at RCPT (sparing the exempt), cap recipients."""
 
     def __init__(self, config, asker, clock=time.time):
+        from qtools.helocheck import Protocol
+
         self.config, self.asker, self.clock = config, asker, clock
         self.pending = None  # a refusal owed to the recipients of this transaction
         self.in_message = self.in_connection = 0
+        self.protocol = Protocol(config.protocol)
 
     def command(self, session, verb, line):
         if session.authenticated:
             return None  # SMTP AUTH steps aside, as RELAYCLIENT does
+        found = self.protocol.command(verb)
+        if found is not None:
+            why = (("why", found[0]), ("detail", found[1]))
+            if found[0] not in self.config.mark:
+                session.log(PROTOCOL, why)
+                return (PROTOCOL + "\r\n").encode()
+            core.mark(session.environ, "%s:%s" % (PROG, found[0]))
+            session.log("mark", why)
         if verb == b"mail":
             return self.mail(session, line)
         if verb == b"rcpt":
@@ -184,6 +198,7 @@ class MailCheck:
         return None
 
     def reply(self, session, verb, lines):
+        self.protocol.reply(verb)
         if verb == b"mail" and lines[0][:1] != b"2":
             self.pending = None  # no transaction: nothing owed
         return None
@@ -252,7 +267,7 @@ def parse(argv, environ):
     """Return (Config, rest of argv); variables set per client override the options."""
     from qtools import helocheck, resolver
 
-    options, rest = core.getopt(argv, "k:H:h:b:Nl:s:p:r:R:e:T:S:")
+    options, rest = core.getopt(argv, "k:H:P:h:b:Nl:s:p:r:R:e:T:S:")
     if not rest:
         raise core.Usage()
     config, values, exempts, lists = Config(), {}, None, []
@@ -263,7 +278,8 @@ def parse(argv, environ):
             lists.append(value)
         else:
             values[letter] = value
-    for letter, name in (("k", "MFCHECK_MARK"), ("H", "MFCHECK_HELO"), ("h", "MFCHECK_BADHELO"),
+    for letter, name in (("k", "MFCHECK_MARK"), ("H", "MFCHECK_HELO"), ("P", "MFCHECK_PROTOCOL"),
+                         ("h", "MFCHECK_BADHELO"),
                          ("b", "MFCHECK_BADMAILFROM"), ("s", "MFCHECK_THRESHOLD"),
                          ("p", "SPFBEHAVIOR"), ("r", "MFCHECK_MAXRCPT"),
                          ("R", "MFCHECK_MAXRCPTCONN"), ("T", "MFCHECK_TIMEOUT")):
@@ -274,7 +290,9 @@ def parse(argv, environ):
     if "MFCHECK_EXEMPT" in environ:
         exempts = environ["MFCHECK_EXEMPT"].split()
     try:
-        config.mark = names(values.get("k", ""), TESTS, "-k")
+        config.mark = names(values.get("k", MARKED), TESTS, "-k")
+        config.protocol = names(values.get("P", ",".join(helocheck.PROTOCOL_TESTS)),
+                                helocheck.PROTOCOL_TESTS, "-P")
         config.helo = names(values.get("H", ",".join(helocheck.TESTS)), helocheck.TESTS, "-H")
         config.threshold = int(values.get("s", "1"))
         config.spf = int(values.get("p", "0"))

@@ -243,7 +243,7 @@ def session(environ=None, helo=b"mail.example.org"):
 
 
 def checker(table=TABLE, **values):
-    return mfcheck.MailCheck(config(**values), lambda: fake_resolver(table))
+    return mfcheck.MailCheck(config(**dict({"protocol": set()}, **values)), lambda: fake_resolver(table))
 
 
 class TestFilter:
@@ -300,6 +300,32 @@ class TestFilter:
         assert check.command(s, b"mail", b"MAIL FROM:<a@nowhere.example>") is None
         assert s.environ["QTOOLS_SUSPECT"] == "rblcheck:x mfcheck:dns"
         assert session.logs[0][2] == "mark"
+
+    @pytest.mark.parametrize(
+        ("steps", "expected"),
+        [
+            ("<greet >ehlo <ehlo >mail", []),
+            (">ehlo <greet >mail", [("pipelining", "greeting")]),
+            ("<greet >ehlo >mail", [("pipelining", "ehlo")]),
+            ("<greet >helo <helo >noop >helo >mail", [("pipelining", "helo")]),
+            ("<greet >get", [("nonsmtp", "get")]),
+            ("<greet >connect >ehlo >post", [("nonsmtp", "connect")]),
+        ],
+    )
+    def test_protocol(self, steps, expected):
+        """A command before the greeting's or HELO's reply arrived, or a non-SMTP verb; once each.
+
+        ">verb" is a command from the client, "<verb" the backend's reply to
+        it arriving ("<greet" the greeting).
+        """
+        watch, found = helocheck.Protocol(helocheck.PROTOCOL_TESTS), []
+        for step in steps.split():
+            verb = b"" if step == "<greet" else step[1:].encode()
+            if step[0] == "<":
+                watch.reply(verb)
+            else:
+                found.append(watch.command(verb))
+        assert [f for f in found if f] == expected
 
     def test_no_helo_is_an_empty_name(self):
         """A client that never said HELO fails the fqdn test."""
@@ -371,8 +397,9 @@ class TestProgram:
     """Transcripts of the installed mfcheck with the demo sink and the test DNS server."""
 
     def run(self, maildir, dns, stdin, env=None, options=()):
+        # The transcripts are pipelined: the protocol tests have their own.
         env = dict({"TCPREMOTEIP": "192.0.2.7", "QTOOLS_RESOLVER": dns.address,
-                    "MFCHECK_TIMEOUT": "1"}, **(env or {}))
+                    "MFCHECK_TIMEOUT": "1", "MFCHECK_PROTOCOL": ""}, **(env or {}))
         return run_prog(["mfcheck"] + list(options) + sink_cmd(maildir), env, stdin)
 
     @pytest.mark.parametrize(
@@ -455,6 +482,27 @@ class TestProgram:
         (message,) = read_maildir(maildir)
         assert b"X-Sink-To: <a@x.example>" in message and b"b@x.example" not in message
 
+    def test_pipelined_before_greeting_is_marked(self, maildir, dns):
+        """A client that sends everything at once is marked by default, and still served."""
+        result = self.run(maildir, dns, transcript(b"a@example.org"), {"MFCHECK_PROTOCOL": "pipelining"})
+        assert b"mfcheck: 192.0.2.7 pid x: mark why=pipelining detail=greeting\n" in result.err
+        assert codes(result.out)[3:5] == [b"250", b"354"]
+
+    def test_pipelining_refused_when_told(self, maildir, dns):
+        """With pipelining left out of -k the client hears 421 and is disconnected."""
+        result = self.run(maildir, dns, transcript(b"a@example.org"),
+                          {"MFCHECK_PROTOCOL": "pipelining", "MFCHECK_MARK": "helo"})
+        assert result.out.endswith(b"421 SMTP protocol violation, closing connection (#4.5.0)\r\n")
+        assert read_maildir(maildir) == []
+
+    @pytest.mark.parametrize(("mark", "expected"), [("nonsmtp", b"mark why=nonsmtp detail=get"),
+                                                    ("", b"421 SMTP protocol violation")])
+    def test_non_smtp_command(self, maildir, dns, mark, expected):
+        """An HTTP request is marked, or refused with 421."""
+        result = self.run(maildir, dns, b"GET / HTTP/1.0\r\nQUIT\r\n",
+                          {"MFCHECK_PROTOCOL": "nonsmtp", "MFCHECK_MARK": mark})
+        assert expected in result.err
+
     @pytest.mark.parametrize(
         ("env", "err"),
         [
@@ -527,6 +575,14 @@ class TestEndToEnd:
         assert "<-  250 " in out.split("DATA")[-1], out
         (message,) = read_maildir(maildir)
         assert b"X-Sink-To: <joe@example.net>" in message
+        assert "why=pipelining" not in server.log()
+
+    def test_swaks_pipelining_is_not_a_violation(self, start, maildir):
+        """swaks --pipeline waits for the EHLO reply, then pipelines: no mark, no refusal."""
+        server = start(env={"MFCHECK_MARK": ""})
+        out = swaks(server, "joe@example.org", "joe@example.net", "mail.example.org", "--pipeline")
+        assert " 354 " in out and len(read_maildir(maildir)) == 1, out
+        assert "pipelining" not in server.log().replace("250-PIPELINING", "")
 
     def test_postmaster_exempt(self, start, maildir):
         """The refused sender still reaches postmaster@."""
