@@ -314,6 +314,19 @@ def marks(environ):
     return environ.get(MARK_VARIABLE, "").split()
 
 
+TRUST_VARIABLE = "QTOOLS_TRUSTED"
+
+
+def trust(environ, tag):
+    """Set $QTOOLS_TRUSTED to tag ("rblcheck:list.dnswl.org"): later soft checks step aside."""
+    environ[TRUST_VARIABLE] = tag
+
+
+def trusted(environ):
+    """Return True when tcp.smtp set WHITELISTED or an earlier program trusted the client."""
+    return "WHITELISTED" in environ or bool(environ.get(TRUST_VARIABLE))
+
+
 # --- Replies and the decision log -------------------------------------------
 
 

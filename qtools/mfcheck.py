@@ -216,7 +216,7 @@ class MailCheck:
             verdict = core.Verdict(config.refusal.action, config.refusal.code, config.refusal.text,
                                    (("from", text(address)),) + config.refusal.why)
         else:
-            whitelisted = "WHITELISTED" in session.environ
+            whitelisted = core.trusted(session.environ)
             verdict = decide(text(address), helo, session.client, config, self.asker(),
                              self.clock(), whitelisted)
         if verdict.action == "refuse":

@@ -451,6 +451,12 @@ class TestProgram:
                           {"MFCHECK_HELO": ""})
         assert codes(result.out)[3] == b"250"
 
+    def test_trusted_skips_soft_tests(self, maildir, dns):
+        """A client rblcheck trusted ($QTOOLS_TRUSTED) is spared the DNS and HELO tests."""
+        result = self.run(maildir, dns, transcript(b"a@nowhere.example", helo=b"localhost"),
+                          {"QTOOLS_TRUSTED": "rblcheck:al.test"})
+        assert codes(result.out)[3:5] == [b"250", b"354"]
+
     def test_own_name(self, maildir, dns):
         """A client that says our own name in HELO is refused."""
         result = self.run(maildir, dns, transcript(b"a@example.org", helo=b"MX.Example.NET"),
