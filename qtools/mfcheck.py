@@ -138,8 +138,10 @@ def decide(sender, helo, client, config, ask, now=0.0, whitelisted=False):
         from qtools import spf
 
         identity = sender if address else "postmaster@" + spf_domain
+        # The batch's answers (TXT, MX, A, AAAA) serve the record's a and mx too.
+        cache = dict(zip(about_domain + about_spf, answers))
         checker = spf.Checker(ask, client.packed, identity, helo or "unknown", config.receiver,
-                              {about_spf[0]: answers[-1]}, now)
+                              cache, now)
         result, explanation = checker.check(spf_domain)
         fields.append(("spf", result))
         reply = spf_hit(result, explanation, spf_domain, client, config.spf)

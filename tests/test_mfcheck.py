@@ -143,6 +143,16 @@ class TestDecide:
             ("x.example.org.rhs.test", "A"), ("example.org.rhs.test", "A"),
             ("x.example.org", "TXT")]
 
+    def test_spf_reuses_the_batch(self):
+        """SPF's mx mechanism takes the MX answer of the first batch: it is asked once."""
+        table = {("m.example", "MX"): Answer([(10, "mx.m.example")]),
+                 ("m.example", "TXT"): Answer([b"v=spf1 mx -all"]),
+                 ("mx.m.example", "A"): Answer(["192.0.2.7"])}
+        resolve = fake_resolver(table)
+        got = mfcheck.decide("a@m.example", "mail.example.org", CLIENT, config(spf=3), resolve)
+        assert dict(got.why)["spf"] == "pass"
+        assert resolve.asked.count(("m.example", "MX")) == 1
+
     def test_helo_refusal(self):
         """A bad HELO refuses the MAIL with the HELO's reply."""
         got = verdict("joe@example.org", helo="[10.0.0.1]")

@@ -145,6 +145,18 @@ ZONE = {
     "host.example.org": [("A", "198.51.100.9")],
     "loop.example.com": txt("v=spf1 include:loop.example.com -all"),
     "v6.example.com": txt("v=spf1 ip6:2001:db8::/32 -all"),
+    "bare.example.com": txt("v=spf1"),
+    "upper.example.com": txt("V=SPF1 -ALL"),
+    "spaces.example.com": txt("v=spf1   ip4:192.0.2.3   -all  "),
+    "cidr032.example.com": txt("v=spf1 ip4:192.0.2.3/032 -all"),
+    "a33.example.com": txt("v=spf1 a/33 -all"),
+    "emptyinc.example.com": txt("v=spf1 include: -all"),
+    "emptyexp.example.com": txt("v=spf1 -all exp="),
+    "badmacro.example.com": txt("v=spf1 -all foo=%{q}"),
+    "allarg.example.com": txt("v=spf1 all:x.example.com"),
+    "nomatchptr.example.com": txt("v=spf1 ptr:other.example.net ~all"),
+    "ip4noarg.example.com": txt("v=spf1 ip4 -all"),
+    "mxcidr.example.com": txt("v=spf1 mx:mx.example.com/24 -all"),
 }
 
 
@@ -198,6 +210,18 @@ class TestCheckHost:
             ("loop.example.com", "192.0.2.3", "permerror"),
             ("v6.example.com", "2001:db8::7", "pass"),
             ("v6.example.com", "192.0.2.3", "fail"),
+            ("bare.example.com", "192.0.2.3", "neutral"),
+            ("upper.example.com", "192.0.2.3", "fail"),
+            ("spaces.example.com", "192.0.2.3", "pass"),
+            ("cidr032.example.com", "192.0.2.3", "permerror"),
+            ("a33.example.com", "192.0.2.3", "permerror"),
+            ("emptyinc.example.com", "192.0.2.3", "permerror"),
+            ("emptyexp.example.com", "192.0.2.3", "permerror"),
+            ("badmacro.example.com", "192.0.2.3", "permerror"),
+            ("allarg.example.com", "192.0.2.3", "permerror"),
+            ("nomatchptr.example.com", "192.0.2.3", "softfail"),
+            ("ip4noarg.example.com", "192.0.2.3", "permerror"),
+            ("mxcidr.example.com", "192.0.2.77", "pass"),
         ],
     )
     def test_results(self, domain, client, expected):
