@@ -99,6 +99,8 @@ def parse(text):
             arg = "/" + rest
         if mech not in MECHANISMS:
             raise PermError("unknown mechanism %s" % core.clean(term))
+        if not colon and arg and mech not in ("a", "mx"):
+            raise PermError("%s takes no prefix length" % mech)
         if mech in ("a", "mx"):
             arg, four, six = _cidr(arg)
             arg = arg or None
