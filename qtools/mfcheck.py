@@ -1,8 +1,6 @@
 # SPDX-License-Identifier: ISC
 """mfcheck: HELO and envelope-sender checks (DNS, patterns, RHSBL, SPF) and recipient caps."""
 
-import time
-
 from qtools import core
 
 PROG = "mfcheck"
@@ -62,20 +60,8 @@ class Config:
         self.refusal = None  # the override's fixed refusal
 
 
-def exempt(address, entries):
-    """Return the entry of the exemption list a recipient matches, or None."""
-    local, at, domain = address.lower().rpartition("@")
-    if not at:
-        local = domain
-    for entry in entries:
-        entry = entry.lower()
-        if entry in (address.lower(), local + "@", "@" + domain) and entry != "@":
-            return entry
-    return None
-
-
 def spf_hit(result, explanation, domain, client, level):
-    """Return (code, text) when SPF result refuses at level, else None."""
+    """Return the reply when SPF result refuses at level, else None."""
     if level < SPF_LEVELS.get(result, 99):
         return None
     if result == "temperror":
@@ -90,6 +76,7 @@ def spf_hit(result, explanation, domain, client, level):
 def decide(sender, helo, client, config, ask, now=0.0, whitelisted=False):
     """Return the Verdict on one MAIL FROM: sender and helo are text, ask(questions) the DNS."""
     from qtools import helocheck, senderdns
+    from qtools.spfrecord import valid_domain
 
     fields = [("from", sender), ("helo", helo or "")]
     hits = []  # (test, reply, why fields)
@@ -106,17 +93,16 @@ def decide(sender, helo, client, config, ask, now=0.0, whitelisted=False):
         if found is not None:
             hits.append(("helo", HELO_REFUSED[found[0]], [("why", "helo" + found[0])]))
     domain = address.rpartition("@")[2] if "@" in address else ""
-    about_domain = []
-    if address and not domain.startswith("[") and not whitelisted:
-        from qtools.spfrecord import valid_domain
-
-        if not valid_domain(domain):
-            hits.append(("dns", NO_DOMAIN, [("why", "nodomain")]))
-        elif not any(t not in config.mark and r[:1] == "5" for t, r, _ in hits):
-            about_domain = senderdns.questions(domain, config.dns, config.lists)
+    literal = domain.startswith("[")  # an address literal: nothing to ask
+    if address and not (literal or whitelisted or valid_domain(domain)):
+        hits.append(("dns", NO_DOMAIN, [("why", "nodomain")]))
+    # No DNS question once the answer is a permanent refusal anyway.
+    settled = whitelisted or any(t not in config.mark and r[:1] == "5" for t, r, _ in hits)
+    about_domain, about_spf = [], []
+    if address and not (literal or settled) and valid_domain(domain):
+        about_domain = senderdns.questions(domain, config.dns, config.lists)
     spf_domain = domain if address else (helo or "").strip().lower()
-    about_spf = []
-    if config.spf and not whitelisted and spf_domain and not spf_domain.startswith("["):
+    if config.spf and not (settled or spf_domain.startswith("[")) and valid_domain(spf_domain):
         about_spf = [(spf_domain, "TXT")]
     # One batch: the MX check, the RHSBL and the SPF record are asked at once.
     answers = ask(about_domain + about_spf) if about_domain or about_spf else []
@@ -162,96 +148,6 @@ def combine(hits, fields, mark):
         tags = ",".join("%s:%s" % (PROG, h[0]) for h in hits)
         return core.Verdict("mark", why=fields + [("why", tests), ("tags", tags)])
     return core.Verdict("pass", why=fields)
-
-
-def text(data):
-    """Return bytes from the wire as text for the log and the tests."""
-    return data.decode("latin-1")
-
-
-class MailCheck:
-    """The proxy filter: judge each MAIL, refuse at RCPT (sparing the exempt), cap recipients."""
-
-    def __init__(self, config, asker, clock=time.time):
-        from qtools.helocheck import Protocol
-
-        self.config, self.asker, self.clock = config, asker, clock
-        self.pending = None  # a refusal owed to the recipients of this transaction
-        self.in_message = self.in_connection = 0
-        self.protocol = Protocol(config.protocol)
-
-    def command(self, session, verb, line):
-        if session.authenticated:
-            return None  # SMTP AUTH steps aside, as RELAYCLIENT does
-        found = self.protocol.command(verb)
-        if found is not None:
-            why = (("why", found[0]), ("detail", found[1]))
-            if found[0] not in self.config.mark:
-                session.log(PROTOCOL, why)
-                return (PROTOCOL + "\r\n").encode()
-            core.mark(session.environ, "%s:%s" % (PROG, found[0]))
-            session.log("mark", why)
-        if verb == b"mail":
-            return self.mail(session, line)
-        if verb == b"rcpt":
-            return self.rcpt(session, line)
-        if verb in (b"rset", b"helo", b"ehlo"):
-            self.pending, self.in_message = None, 0
-        return None
-
-    def reply(self, session, verb, lines):
-        self.protocol.reply(verb)
-        if verb == b"mail" and lines[0][:1] != b"2":
-            self.pending = None  # no transaction: nothing owed
-        return None
-
-    def mail(self, session, line):
-        from qtools.address import parse_path
-
-        self.pending, self.in_message = None, 0
-        address = parse_path(line)
-        if address is None:
-            return None  # qmail-smtpd refuses it itself
-        config = self.config
-        helo = None if session.helo is None else text(session.helo)
-        if config.refusal is not None:
-            verdict = core.Verdict(config.refusal.action, config.refusal.code, config.refusal.text,
-                                   (("from", text(address)),) + config.refusal.why)
-        else:
-            whitelisted = core.trusted(session.environ)
-            verdict = decide(text(address), helo, session.client, config, self.asker(),
-                             self.clock(), whitelisted)
-        if verdict.action == "refuse":
-            session.log(verdict.reply, verdict.why)
-            if not config.exempt:
-                return (verdict.reply + "\r\n").encode("ascii", "replace")
-            self.pending = verdict  # said to each recipient not exempt
-            return None
-        if verdict.action == "mark":
-            for tag in dict(verdict.why)["tags"].split(","):
-                core.mark(session.environ, tag)
-        session.log(verdict.action, verdict.why)
-        return None
-
-    def rcpt(self, session, line):
-        from qtools.address import parse_path
-
-        config = self.config
-        address = parse_path(line)
-        shown = text(address if address is not None else line)
-        if self.pending is not None:
-            entry = exempt(shown, config.exempt) if address is not None else None
-            if entry is None:
-                return (self.pending.reply + "\r\n").encode("ascii", "replace")
-            session.log("pass", (("rcpt", shown), ("why", "exempt"), ("entry", entry)))
-        for count, cap, why in ((self.in_message, config.max_rcpt, "maxrcpt"),
-                                (self.in_connection, config.max_rcpt_conn, "maxrcptconn")):
-            if cap and count >= cap:
-                session.log(TOO_MANY, (("rcpt", shown), ("why", why), ("count", count)))
-                return (TOO_MANY + "\r\n").encode()
-        self.in_message += 1
-        self.in_connection += 1
-        return None
 
 
 def names(text, allowed, where):
@@ -337,7 +233,7 @@ def main(argv, environ):
     config.receiver = own.split()[0] if own.split() else "unknown"
     local = core.parse_ip(environ.get("TCPLOCALIP", ""))
     config.own_ips = {local[1]} if local else set()
-    from qtools import proxy, senderdns
+    from qtools import mailcheck, proxy, senderdns
 
     ask = senderdns.asker(PROG, environ, config.servers, config.timeout)
-    return proxy.add_filter(PROG, MailCheck(config, ask), rest, environ)
+    return proxy.add_filter(PROG, mailcheck.MailCheck(config, ask), rest, environ)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import fake_resolver, make_client, read_maildir, run_prog, sink_cmd
 from dnsserver import DNSServer
-from qtools import core, helocheck, mfcheck, patterns, proxy, senderdns
+from qtools import core, helocheck, mailcheck, mfcheck, patterns, proxy, senderdns
 from qtools.resolver import Answer
 
 CLIENT = make_client("192.0.2.7")
@@ -253,11 +253,11 @@ def session(environ=None, helo=b"mail.example.org"):
 
 
 def checker(table=TABLE, **values):
-    return mfcheck.MailCheck(config(**dict({"protocol": set()}, **values)), lambda: fake_resolver(table))
+    return mailcheck.MailCheck(config(**dict({"protocol": set()}, **values)), lambda: fake_resolver(table))
 
 
 class TestFilter:
-    """Tests for the proxy filter `MailCheck`."""
+    """Tests for the proxy filter `mailcheck.MailCheck`."""
 
     def setup_method(self):
         session.logs = []
