@@ -150,15 +150,33 @@ def combine(hits, fields, mark):
     return core.Verdict("pass", why=fields)
 
 
+# The options a variable set per client replaces.
+VARIABLES = (("k", "MFCHECK_MARK"), ("H", "MFCHECK_HELO"), ("P", "MFCHECK_PROTOCOL"),
+             ("h", "MFCHECK_BADHELO"), ("b", "MFCHECK_BADMAILFROM"), ("s", "MFCHECK_THRESHOLD"),
+             ("p", "SPFBEHAVIOR"), ("r", "MFCHECK_MAXRCPT"), ("R", "MFCHECK_MAXRCPTCONN"),
+             ("T", "MFCHECK_TIMEOUT"))
+
+
 def names(text, allowed, where):
-    """Return the set of test names in a comma list ("all" for every one); ValueError names where."""
+    """Return the set of test names in a comma list ("all" for every one), or raise Die."""
     found = {n.strip() for n in text.replace(",", " ").split()}
     if "all" in found:
         return set(allowed)
     bad = sorted(found - set(allowed) - {"none"})
     if bad:
-        raise ValueError("unknown test %s in %s" % (bad[0], where))
+        raise core.Die(core.USAGE_EXIT, "invalid %s: unknown test %s" % (where, core.clean(bad[0])))
     return found - {"none"}
+
+
+def whole(text, where, low=0, high=None):
+    """Return text as a whole number from low to high, or raise Die naming where."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise core.Die(core.USAGE_EXIT, "invalid %s: %s" % (where, core.clean(text)))
+    return value
 
 
 def parse(argv, environ):
@@ -176,33 +194,33 @@ def parse(argv, environ):
             lists.append(value)
         else:
             values[letter] = value
-    for letter, name in (("k", "MFCHECK_MARK"), ("H", "MFCHECK_HELO"), ("P", "MFCHECK_PROTOCOL"),
-                         ("h", "MFCHECK_BADHELO"),
-                         ("b", "MFCHECK_BADMAILFROM"), ("s", "MFCHECK_THRESHOLD"),
-                         ("p", "SPFBEHAVIOR"), ("r", "MFCHECK_MAXRCPT"),
-                         ("R", "MFCHECK_MAXRCPTCONN"), ("T", "MFCHECK_TIMEOUT")):
+    for letter, name in VARIABLES:
         if name in environ:
             values[letter] = environ[name]
     if "MFCHECK_RHSBL" in environ:
         lists = environ["MFCHECK_RHSBL"].split()
     if "MFCHECK_EXEMPT" in environ:
         exempts = environ["MFCHECK_EXEMPT"].split()
-    try:
-        config.mark = names(values.get("k", MARKED), TESTS, "-k")
-        config.protocol = names(values.get("P", ",".join(helocheck.PROTOCOL_TESTS)),
-                                helocheck.PROTOCOL_TESTS, "-P")
-        config.helo = names(values.get("H", ",".join(helocheck.TESTS)), helocheck.TESTS, "-H")
-        config.threshold = int(values.get("s", "1"))
-        config.spf = int(values.get("p", "0"))
-        config.max_rcpt = int(values.get("r", "0"))
-        config.max_rcpt_conn = int(values.get("R", "0"))
-        config.lists = [resolver.parse_list(spec) for spec in lists]
-        if "T" in values:
+    # Each value names the option or variable it came from when it is wrong.
+    where = {letter: "$" + name if name in environ else "-" + letter for letter, name in VARIABLES}
+    config.mark = names(values.get("k", MARKED), TESTS, where["k"])
+    config.protocol = names(values.get("P", ",".join(helocheck.PROTOCOL_TESTS)),
+                            helocheck.PROTOCOL_TESTS, where["P"])
+    config.helo = names(values.get("H", ",".join(helocheck.TESTS)), helocheck.TESTS, where["H"])
+    config.threshold = whole(values.get("s", "1"), where["s"], -1000)
+    config.spf = whole(values.get("p", "0"), where["p"], 0, 6)
+    config.max_rcpt = whole(values.get("r", "0"), where["r"])
+    config.max_rcpt_conn = whole(values.get("R", "0"), where["R"])
+    for spec in lists:
+        try:
+            config.lists.append(resolver.parse_list(spec))
+        except ValueError:
+            raise core.Die(core.USAGE_EXIT, "invalid RHSBL list: %s" % core.clean(spec))
+    if "T" in values:
+        try:
             config.timeout = core.seconds(values["T"])
-        if not 0 <= config.spf <= 6 or min(config.max_rcpt, config.max_rcpt_conn) < 0:
-            raise ValueError("out of range")
-    except ValueError as error:
-        raise core.Die(core.USAGE_EXIT, "invalid configuration: %s" % core.clean(str(error)))
+        except ValueError:
+            raise core.Die(core.USAGE_EXIT, "invalid %s: %s" % (where["T"], core.clean(values["T"])))
     if "S" in values:
         config.servers = resolver.option_servers("S", values["S"])
     config.dns = "N" not in values and core.flag(environ, "MFCHECK_DNS", True)

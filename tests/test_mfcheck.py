@@ -522,15 +522,22 @@ class TestProgram:
     @pytest.mark.parametrize(
         ("env", "err"),
         [
-            ({"SPFBEHAVIOR": "9"}, b"mfcheck: fatal: invalid configuration: out of range\n"),
-            ({"MFCHECK_MARK": "helo,bogus"}, b"mfcheck: fatal: invalid configuration: unknown test bogus in -k\n"),
-            ({"MFCHECK_RHSBL": "=x"}, b"mfcheck: fatal: invalid configuration: \n"),
+            ({"SPFBEHAVIOR": "9"}, b"mfcheck: fatal: invalid $SPFBEHAVIOR: 9\n"),
+            ({"MFCHECK_MARK": "helo,bogus"}, b"mfcheck: fatal: invalid $MFCHECK_MARK: unknown test bogus\n"),
+            ({"MFCHECK_RHSBL": "=x"}, b"mfcheck: fatal: invalid RHSBL list: =x\n"),
+            ({"MFCHECK_MAXRCPT": "ten"}, b"mfcheck: fatal: invalid $MFCHECK_MAXRCPT: ten\n"),
+            ({"MFCHECK_TIMEOUT": "0"}, b"mfcheck: fatal: invalid $MFCHECK_TIMEOUT: 0\n"),
         ],
     )
     def test_misconfiguration(self, maildir, dns, env, err):
         """Bad variables are permanent errors: exit 100, nothing said to the client."""
         result = self.run(maildir, dns, b"", env)
         assert (result.rc, result.out, result.err) == (100, b"", err)
+
+    def test_bad_option_names_itself(self, maildir):
+        """A bad option value names the option."""
+        result = run_prog(["mfcheck", "-p", "7", "true"], {"TCPREMOTEIP": "192.0.2.7"})
+        assert (result.rc, result.err) == (100, b"mfcheck: fatal: invalid -p: 7\n")
 
     def test_usage(self):
         """Without a program to run, mfcheck prints its usage."""
