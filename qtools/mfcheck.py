@@ -64,6 +64,7 @@ def spf_hit(result, explanation, domain, client, level):
     """Return the reply when SPF result refuses at level, else None."""
     if level < SPF_LEVELS.get(result, 99):
         return None
+    domain = core.clean(domain)  # the client's words: they reach the reply
     if result == "temperror":
         return SPF_TEMP % domain
     if result == "permerror":
@@ -118,7 +119,7 @@ def decide(sender, helo, client, config, ask, now=0.0, whitelisted=False):
         if listed:
             fields += [("score", score), ("hits", ",".join(listed))]
         if listed and score >= config.threshold:
-            hits.append(("rhsbl", RHSBL % (domain, ", ".join(listed)),
+            hits.append(("rhsbl", RHSBL % (core.clean(domain), ", ".join(listed)),
                          [("why", "rhsbl"), ("list", ",".join(listed))]))
     if about_spf:
         from qtools import spf

@@ -210,6 +210,17 @@ class TestDecide:
             assert got.reply == ("553 sorry, your envelope sender domain sub.example.org is "
                                  "listed by rhs.test (#5.7.1)")
 
+    def test_client_words_are_cleaned_in_replies(self):
+        """A control character in the sender's domain never reaches the reply raw."""
+        name = "a\rb.example"
+        table = {(name, "MX"): Answer([(10, "mx.example.org")]),
+                 (name + ".rhs.test", "A"): Answer(["127.0.0.2"]),
+                 (name, "TXT"): Answer([b"v=spf1 -all"])}
+        for values in ({"lists": [("rhs.test", None, 1)]}, {"spf": 3}):
+            got = mfcheck.decide("x@" + name, "mail.example.org", CLIENT, config(**values),
+                                 fake_resolver(table))
+            assert got.action == "refuse" and "a?b.example" in got.text and "\r" not in got.text
+
     SPF = {("spf.example", "MX"): Answer([(10, "mx.example.org")]),
            ("spf.example", "TXT"): Answer([b"v=spf1 ip4:192.0.2.7 -all exp=e.spf.example"]),
            ("e.spf.example", "TXT"): Answer([b"%{i} is not ours"]),

@@ -293,6 +293,31 @@ class TestWithDNSServer:
                 assert spf.Checker(ask, ip(client), "a@example.test", "h").check(
                     "example.test")[0] == expected
 
+    @pytest.mark.parametrize(
+        ("domain", "expected", "asked"),
+        [
+            ("ten.test", "neutral", 11),
+            ("eleven.test", "permerror", 11),
+            ("void2.test", "neutral", 3),
+            ("void3.test", "permerror", 4),
+        ],
+    )
+    def test_limits_over_the_wire(self, domain, expected, asked):
+        """The 10-lookup and the 2-void-lookup limits, counted on the questions really sent."""
+        records = {
+            "ten.test": [("TXT", '"v=spf1 %s ?all"' % " ".join("a:h%d.test" % n for n in range(10)))],
+            "eleven.test": [("TXT", '"v=spf1 %s ?all"' % " ".join("a:h%d.test" % n for n in range(11)))],
+            "void2.test": [("TXT", '"v=spf1 a:n1.test a:n2.test ?all"')],
+            "void3.test": [("TXT", '"v=spf1 a:n1.test a:n2.test a:n3.test a:n4.test ?all"')],
+        }
+        records.update({"h%d.test" % n: [("A", "198.51.100.%d" % n)] for n in range(11)})
+        with DNSServer(records) as server:
+            servers = resolver.parse_servers(server.address)
+            checker = spf.Checker(lambda q: resolver.lookup(q, servers, 2.0), ip("192.0.2.1"),
+                                  "a@" + domain, "h")
+            assert checker.check(domain) == (expected, None)
+            assert len(server.questions) == asked
+
     def test_timeout_is_temperror(self):
         """A server that never answers gives temperror, not fail."""
         with DNSServer({}, behaviour={"slow.test": "silent"}) as server:
