@@ -560,6 +560,7 @@ class TestProgram:
 
 E2E_RECORDS = dict(RECORDS, **{
     "strict.example": [("MX", "10 mx.example.org."), ("TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')],
+    "1.0.0.127.wl.test": [("A", "127.0.10.2")],
 })
 
 
@@ -579,12 +580,12 @@ class TestEndToEnd:
     def start(self, tcpserver, maildir):
         servers = []
 
-        def start(env=None, rules_text=None, options=()):
+        def start(env=None, rules_text=None, options=(), before=()):
             dns = DNSServer(E2E_RECORDS, behaviour=BEHAVIOUR)
             servers.append(dns)
             env = dict({"QTOOLS_RESOLVER": dns.address, "MFCHECK_TIMEOUT": "2"}, **(env or {}))
-            return tcpserver(["mfcheck"] + list(options) + sink_cmd(maildir), env=env,
-                             rules_text=rules_text)
+            return tcpserver(list(before) + ["mfcheck"] + list(options) + sink_cmd(maildir),
+                             env=env, rules_text=rules_text)
 
         yield start
         for dns in servers:
@@ -645,3 +646,18 @@ class TestEndToEnd:
         assert "<** 452 too many recipients (#4.5.3)" in out, out
         (message,) = read_maildir(maildir)
         assert b"<a@example.net>" in message and b"<c@example.net>" not in message
+
+    def test_trusted_by_rblcheck(self, start, maildir):
+        """A client rblcheck -a lets through is trusted: mfcheck skips its HELO test, tarpit its delay."""
+        chain = ["rblcheck", "-a", "wl.test"]
+        server = start(before=chain, env={"TARPITCOUNT": "1", "TARPITDELAY": "20"},
+                       options=["tarpit"])
+        out = swaks(server, "joe@example.org", helo="localhost")
+        assert " 354 " in out and len(read_maildir(maildir)) == 1, out
+        log = server.log()
+        assert "rblcheck: 127.0.0.1 pid " in log and "trust=rblcheck:wl.test" in log, log
+        assert "tarpit:" not in log and "helofqdn" not in log, log
+        server = start()
+        out = swaks(server, "joe@example.org", helo="localhost")
+        # tcpserver -l localhost makes "localhost" our own name too.
+        assert "<** 550 sorry, your HELO is my own name (#5.7.1)" in out, out
