@@ -247,12 +247,12 @@ def main(argv, environ):
         helo_file, sender_file = config.files
         config.helo_patterns = patterns.load(helo_file, PROG) if helo_file else None
         config.patterns = patterns.load(sender_file, PROG) if sender_file else None
+    from qtools import mailcheck, proxy, senderdns
+
+    ask = senderdns.asker(environ, config.servers, config.timeout)
     own = environ.get("QTOOLS_HOSTNAME") or environ.get("TCPLOCALHOST") or ""
     config.own_names = {n.lower().rstrip(".") for n in own.split()}
     config.receiver = own.split()[0] if own.split() else "unknown"
     local = core.parse_ip(environ.get("TCPLOCALIP", ""))
     config.own_ips = {local[1]} if local else set()
-    from qtools import mailcheck, proxy, senderdns
-
-    ask = senderdns.asker(PROG, environ, config.servers, config.timeout)
     return proxy.add_filter(PROG, mailcheck.MailCheck(config, ask), rest, environ)

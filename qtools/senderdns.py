@@ -51,25 +51,31 @@ def rhsbl(lists, answers):
     return score, hits, failed
 
 
-def asker(prog, environ, servers, timeout):
-    """Return a function that gives ask(questions) with a fresh time limit for one command."""
+def asker(environ, servers, timeout):
+    """Return a function that gives ask(questions) with a fresh time limit for one command.
+
+    A bad $QTOOLS_RESOLVER, $DNSCACHEIP or -S is a Die(100) here, before
+    the client is greeted; resolv.conf is read only when a question is asked.
+    """
     from qtools import resolver  # the resolver's API is used here only
 
+    if servers:
+        environ = dict(environ, QTOOLS_RESOLVER=servers)
+    if environ.get("QTOOLS_RESOLVER") or environ.get("DNSCACHEIP"):
+        try:
+            resolver.servers(environ, resolv_conf="/dev/null")
+        except ValueError as error:
+            raise core.Die(core.USAGE_EXIT, "invalid resolver: %s" % core.clean(str(error)))
     bound = []
 
     def start():
         deadline = time.monotonic() + timeout
 
         def ask(questions):
-            left = deadline - time.monotonic()
             if not bound:
-                try:
-                    bound.append(resolver.servers(dict(environ, QTOOLS_RESOLVER=servers)
-                                                  if servers else environ))
-                except ValueError as error:
-                    core.warn(prog, "invalid resolver: %s" % error)
-                    bound.append(None)
-            if left <= 0 or bound[0] is None:
+                bound.append(resolver.servers(environ))
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return [resolver.Answer(error="timeout") for _ in questions]
             return resolver.lookup(questions, bound[0], left)
 

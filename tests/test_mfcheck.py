@@ -538,6 +538,8 @@ class TestProgram:
             ({"MFCHECK_RHSBL": "=x"}, b"mfcheck: fatal: invalid RHSBL list: =x\n"),
             ({"MFCHECK_MAXRCPT": "ten"}, b"mfcheck: fatal: invalid $MFCHECK_MAXRCPT: ten\n"),
             ({"MFCHECK_TIMEOUT": "0"}, b"mfcheck: fatal: invalid $MFCHECK_TIMEOUT: 0\n"),
+            ({"QTOOLS_RESOLVER": "nonsense"},
+             b"mfcheck: fatal: invalid resolver: invalid server address nonsense\n"),
         ],
     )
     def test_misconfiguration(self, maildir, dns, env, err):
