@@ -10,7 +10,6 @@ over the resolver the other programs use.  ask(questions) takes
 from qtools import core
 from qtools.spfrecord import PermError, expand, parse, shorten, valid_domain, within
 
-RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
 LOOKUP_LIMIT = 10  # section 4.6.4
 VOID_LIMIT = 2
 MX_LIMIT = 10
