@@ -4,6 +4,8 @@
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import fake_resolver, make_client, read_maildir, run_prog, sink_cmd
 from dnsserver import DNSServer
@@ -663,3 +665,17 @@ class TestEndToEnd:
         out = swaks(server, "joe@example.org", helo="localhost")
         # tcpserver -l localhost makes "localhost" our own name too.
         assert "<** 550 sorry, your HELO is my own name (#5.7.1)" in out, out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.one_of(st.none(), st.text(max_size=30)),
+       st.sampled_from(["192.0.2.7", "2001:db8::7"]))
+def test_any_sender_and_helo_get_a_clean_verdict(sender, helo, ip):
+    """Whatever the client says, decide() gives a verdict; a reply is printable ASCII with one of our codes."""
+    table = {**TABLE, (sender.lower().rpartition("@")[2], "TXT"): Answer(error="timeout")}
+    got = mfcheck.decide(sender, helo, make_client(ip),
+                         config(lists=[("rhs.test", None, 1)], spf=6), fake_resolver(table))
+    assert got.action in ("pass", "mark", "refuse")
+    if got.action == "refuse":
+        assert all(" " <= c <= "~" for c in got.reply)
+        assert got.code in (451, 550, 553)

@@ -11,6 +11,8 @@ server, with the RFC's examples word for word.
 """
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dnsserver import DNSServer
 from qtools import core, resolver, spf
@@ -325,3 +327,20 @@ class TestWithDNSServer:
             checker = spf.Checker(lambda q: resolver.lookup(q, servers, 0.3), ip("192.0.2.1"),
                                   "a@slow.test", "h")
             assert checker.check("slow.test") == ("temperror", None)
+
+
+TERMS = ["all", "-all", "~all", "?all", "a", "a/24", "a//64", "a:h.example.com", "mx", "mx:%{d}",
+         "ptr", "ip4:192.0.2.0/24", "ip6:2001:db8::/32", "include:inc.example.com",
+         "exists:%{ir}.x.example.com", "redirect=red.example.com", "exp=why.%{d}", "foo=bar",
+         "%{l}", "a:%{s}", "ip4:", "a/", "//", "=", "a:-.com", "%{d99r-}.example.com", "v=spf1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(TERMS) | st.text(" -~", max_size=12), max_size=8),
+       st.sampled_from(["192.0.2.3", "2001:db8::1"]))
+def test_any_record_gives_a_result(terms, client):
+    """Whatever a record says, check_host() returns one of RFC 7208's results, never raises."""
+    zone = dict(ZONE, **{"fuzz.example.com": txt("v=spf1 " + " ".join(terms)),
+                         "inc.example.com": txt("v=spf1 " + " ".join(terms[:2]))})
+    result, _ = check(zone, client, "x-y@fuzz.example.com")
+    assert result in ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
