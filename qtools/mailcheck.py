@@ -42,7 +42,7 @@ class MailCheck:
         found = self.protocol.command(verb)
         if found is not None:
             why = (("why", found[0]), ("detail", found[1]))
-            if found[0] not in self.config.mark:
+            if found[0] in self.config.protocol_refuse:
                 session.log(PROTOCOL, why)
                 return (PROTOCOL + "\r\n").encode()
             core.mark(session.environ, "%s:%s" % (PROG, found[0]))

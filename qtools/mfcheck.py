@@ -30,8 +30,7 @@ SPF_TEMP = "451 temporary SPF error for %s, try again later (#4.7.24)"
 TOO_MANY = "452 too many recipients (#4.5.3)"
 PROTOCOL = "421 SMTP protocol violation, closing connection (#4.5.0)"
 
-TESTS = ("helo", "dns", "pattern", "rhsbl", "spf", "pipelining", "nonsmtp")
-MARKED = "pipelining,nonsmtp"  # the tests that mark unless told otherwise
+TESTS = ("helo", "dns", "pattern", "rhsbl", "spf")
 EXEMPT = "postmaster@ abuse@"
 DNS_TIMEOUT = 10.0
 # SPFBEHAVIOR level from which each result refuses (the qmail-spf patch's levels).
@@ -46,6 +45,7 @@ class Config:
 
         self.helo = set(HELO_TESTS)
         self.protocol = set(PROTOCOL_TESTS)
+        self.protocol_refuse = set()  # the protocol tests that refuse instead of marking
         self.helo_patterns = self.patterns = None
         self.files = (None, None)  # the HELO and sender pattern files, read once needed
         self.dns = True
@@ -53,7 +53,7 @@ class Config:
         self.spf = 0
         self.max_rcpt = self.max_rcpt_conn = 0
         self.exempt = EXEMPT.split()
-        self.mark = set(MARKED.split(","))
+        self.mark = set()
         self.own_names, self.own_ips = (), ()
         self.receiver = "unknown"
         self.timeout, self.servers = DNS_TIMEOUT, None
@@ -204,9 +204,15 @@ def parse(argv, environ):
         exempts = environ["MFCHECK_EXEMPT"].split()
     # Each value names the option or variable it came from when it is wrong.
     where = {letter: "$" + name if name in environ else "-" + letter for letter, name in VARIABLES}
-    config.mark = names(values.get("k", MARKED), TESTS, where["k"])
-    config.protocol = names(values.get("P", ",".join(helocheck.PROTOCOL_TESTS)),
-                            helocheck.PROTOCOL_TESTS, where["P"])
+    config.mark = names(values.get("k", ""), TESTS, where["k"])
+    if "P" in values:
+        # pipelining,nonsmtp=refuse: a test named runs; =refuse makes it refuse.
+        words = values["P"].replace(",", " ").split()
+        refuse = [w[: -len("=refuse")] for w in words if w.endswith("=refuse")]
+        marked = [w[: -len("=mark")] if w.endswith("=mark") else w
+                  for w in words if not w.endswith("=refuse")]
+        config.protocol = names(" ".join(marked + refuse), helocheck.PROTOCOL_TESTS, where["P"])
+        config.protocol_refuse = set(refuse) & config.protocol
     config.helo = names(values.get("H", ",".join(helocheck.TESTS)), helocheck.TESTS, where["H"])
     config.threshold = whole(values.get("s", "1"), where["s"], -1000)
     config.spf = whole(values.get("p", "0"), where["p"], 0, 6)

@@ -518,18 +518,19 @@ class TestProgram:
         assert codes(result.out)[3:5] == [b"250", b"354"]
 
     def test_pipelining_refused_when_told(self, maildir, dns):
-        """With pipelining left out of -k the client hears 421 and is disconnected."""
+        """With pipelining=refuse the client hears 421 and is disconnected."""
         result = self.run(maildir, dns, transcript(b"a@example.org"),
-                          {"MFCHECK_PROTOCOL": "pipelining", "MFCHECK_MARK": "helo"})
+                          {"MFCHECK_PROTOCOL": "pipelining=refuse"})
         assert result.out.endswith(b"421 SMTP protocol violation, closing connection (#4.5.0)\r\n")
         assert read_maildir(maildir) == []
 
-    @pytest.mark.parametrize(("mark", "expected"), [("nonsmtp", b"mark why=nonsmtp detail=get"),
-                                                    ("", b"421 SMTP protocol violation")])
-    def test_non_smtp_command(self, maildir, dns, mark, expected):
+    @pytest.mark.parametrize(("spec", "expected"), [("nonsmtp", b"mark why=nonsmtp detail=get"),
+                                                    ("nonsmtp=mark", b"mark why=nonsmtp detail=get"),
+                                                    ("nonsmtp=refuse", b"421 SMTP protocol violation")])
+    def test_non_smtp_command(self, maildir, dns, spec, expected):
         """An HTTP request is marked, or refused with 421."""
         result = self.run(maildir, dns, b"GET / HTTP/1.0\r\nQUIT\r\n",
-                          {"MFCHECK_PROTOCOL": "nonsmtp", "MFCHECK_MARK": mark})
+                          {"MFCHECK_PROTOCOL": spec})
         assert expected in result.err
 
     @pytest.mark.parametrize(
@@ -537,6 +538,8 @@ class TestProgram:
         [
             ({"SPFBEHAVIOR": "9"}, b"mfcheck: fatal: invalid $SPFBEHAVIOR: 9\n"),
             ({"MFCHECK_MARK": "helo,bogus"}, b"mfcheck: fatal: invalid $MFCHECK_MARK: unknown test bogus\n"),
+            ({"MFCHECK_PROTOCOL": "nonsmtp=drop"},
+             b"mfcheck: fatal: invalid $MFCHECK_PROTOCOL: unknown test nonsmtp=drop\n"),
             ({"MFCHECK_RHSBL": "=x"}, b"mfcheck: fatal: invalid RHSBL list: =x\n"),
             ({"MFCHECK_MAXRCPT": "ten"}, b"mfcheck: fatal: invalid $MFCHECK_MAXRCPT: ten\n"),
             ({"MFCHECK_TIMEOUT": "0"}, b"mfcheck: fatal: invalid $MFCHECK_TIMEOUT: 0\n"),
@@ -618,7 +621,7 @@ class TestEndToEnd:
 
     def test_swaks_pipelining_is_not_a_violation(self, start, maildir):
         """swaks --pipeline waits for the EHLO reply, then pipelines: no mark, no refusal."""
-        server = start(env={"MFCHECK_MARK": ""})
+        server = start(env={"MFCHECK_PROTOCOL": "pipelining=refuse,nonsmtp=refuse"})
         out = swaks(server, "joe@example.org", "joe@example.net", "mail.example.org", "--pipeline")
         assert " 354 " in out and len(read_maildir(maildir)) == 1, out
         assert "pipelining" not in server.log().replace("250-PIPELINING", "")
