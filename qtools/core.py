@@ -8,6 +8,7 @@ import sys
 # in a chain.  qtools-mkcdb is not a chain program.
 PROGRAMS = {
     "greylist": "qtools.greylist",
+    "mfcheck": "qtools.mfcheck",
     "rblcheck": "qtools.rblcheck",
     "rhostcheck": "qtools.rhostcheck",
     "tarpit": "qtools.tarpit",
@@ -312,6 +313,19 @@ def mark(environ, tag):
 def marks(environ):
     """Return the tags earlier programs left in $QTOOLS_SUSPECT."""
     return environ.get(MARK_VARIABLE, "").split()
+
+
+TRUST_VARIABLE = "QTOOLS_TRUSTED"
+
+
+def trust(environ, tag):
+    """Set $QTOOLS_TRUSTED to tag ("rblcheck:list.dnswl.org"): later soft checks step aside."""
+    environ[TRUST_VARIABLE] = tag
+
+
+def trusted(environ):
+    """Return True when tcp.smtp set WHITELISTED or an earlier program trusted the client."""
+    return "WHITELISTED" in environ or bool(environ.get(TRUST_VARIABLE))
 
 
 # --- Replies and the decision log -------------------------------------------

@@ -167,7 +167,14 @@ def _listing(logdir):
                  or entry.name in ("previous", "current")}
     names = sorted(name for name in found if name[:1] == "@")
     names += [name for name in ("previous", "current") if name in found]
-    return [(name, found[name]) for name in names]
+    # A directory read while multilog renames can see one file under its
+    # old and its new name: keep the first, the archive.
+    listing, inodes = [], set()
+    for name in names:
+        if found[name] not in inodes:
+            inodes.add(found[name])
+            listing.append((name, found[name]))
+    return listing
 
 
 class _Moved(Exception):
