@@ -31,7 +31,7 @@ BLOCKED = ("%s is blocked until %s: %d of its %d attempts in %s were invalid rec
 BATCH = 2000  # keys counted before their sums are asked of Redis
 PRUNE = 1 << 16  # lines between two sweeps of the idle windows
 # Programs whose lines count only with a why= (trust) or with -r.
-QUIET = frozenset(("rblcheck", "rhostcheck", "greylist", "tarpit", "throttle"))
+QUIET = frozenset(("rblcheck", "rhostcheck", "greylist", "tarpit", "throttle", "mfcheck"))
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -84,7 +84,7 @@ class Run:
         prog = text[:colon]
         if prog not in PROGRAMS:
             return
-        if prog in QUIET and " why=" not in text and not self.rules.refusals:
+        if prog in QUIET and " why=" not in text and " trust=" not in text and not self.rules.refusals:
             return  # a pass or a deferral: nothing to count
         if '"' in text:  # a quoted field: the whole parse
             record = parse_line(text, self.now)

@@ -12,7 +12,9 @@ with the clients seen in the last window, never with the lines read.
 import re
 from collections import deque
 
-# The why= of a line that says the client is trusted: it is never blocked.
+# The why= of a line that says the client is trusted: it is never blocked;
+# so is a line with a trust= (the trust mark, QTOOLS_TRUSTED, as rblcheck
+# logs it when it sets it).
 EXEMPT = frozenset(("relayclient", "whitelisted", "trusted", "trust", "allow", "allowlist",
                     "antilisted"))
 GOOD_MESSAGE = frozenset(("deliver", "tag", "unscanned"))
@@ -22,7 +24,7 @@ BAD_MESSAGE = frozenset(("quarantine", "drop", "reject"))
 NOT_THE_CLIENT = frozenset(("override", "failure"))
 # The programs whose lines can matter; the others are skipped unparsed.
 PROGRAMS = frozenset(("qtools-queue", "validrcptto", "rblcheck", "rhostcheck", "greylist", "tarpit",
-                      "throttle"))
+                      "throttle", "mfcheck"))
 
 
 class Rules:
@@ -47,8 +49,8 @@ class Rules:
 def classify(record, rules):
     """Return "good", "bad", "exempt" or None (not an attempt) for one Record."""
     fields = record.fields
-    return kind_of(record.prog, record.verdict, record.code, fields.get("why"),
-                   bool(fields.get("virus")), rules)
+    why = "trusted" if fields.get("trust") else fields.get("why")
+    return kind_of(record.prog, record.verdict, record.code, why, bool(fields.get("virus")), rules)
 
 
 _WHY = re.compile(r" why=([^ \n]*)(?= |\n|\Z)")
@@ -61,7 +63,8 @@ def quick(prog, tail, rules):
     space = tail.find(" ")
     verdict = (tail if space < 0 else tail[:space]).rstrip("\n")
     code = int(tail[:3]) if tail[:3].isdigit() and tail[3:4] in ("", " ", "\n") else None
-    return kind_of(prog, verdict, code, whys[-1] if whys else None, " virus=" in tail, rules)
+    why = "trusted" if " trust=" in tail else whys[-1] if whys else None
+    return kind_of(prog, verdict, code, why, " virus=" in tail, rules)
 
 
 def kind_of(prog, verdict, code, why, virus, rules):

@@ -75,6 +75,9 @@ def record(text):
     (line("rblcheck", "192.0.2.7", "pass", (("why", "antilisted"), ("list", "wl"))), "exempt"),
     (line("greylist", "192.0.2.7", "skip", (("why", "whitelisted"),)), "exempt"),
     (line("throttle", "192.0.2.7", "skip", (("why", "relayclient"),)), "exempt"),
+    (line("rblcheck", "192.0.2.7", "pass", (("score", -2), ("hits", "wl.example"),
+                                            ("trust", "rblcheck:wl.example"))), "exempt"),
+    (line("mfcheck", "192.0.2.7", "skip", (("why", "relayclient"),)), "exempt"),
     (line("rblcheck", "192.0.2.7", "451 listed", (("why", "listed"), ("list", "bl"))), None),
     (line("greylist", "192.0.2.7", "451 greylisted, try again in 300 seconds (#4.7.1)",
           (("why", "new"),)), None),
@@ -441,3 +444,15 @@ def test_two_log_directories_read_one_after_the_other(tmp_path):
         f.writelines(burst("192.0.2.7", 0, 6, start))
     code, _, err = adaptive_cmd([tmp_path / "s", tmp_path / "b.cdb", first, second])
     assert (code, err) == (0, "")
+
+
+def test_the_trust_mark_rblcheck_logs_exempts_its_client(tmp_path):
+    allow = tmp_path / "allow.cdb"
+    assert run_prog(["qtools-mkcdb", "-n", str(allow), str(allow) + ".tmp"],
+                    stdin=b"192.0.2.7 partner\n").rc == 0
+    result = run_prog(["rblcheck", "-A", str(allow), "true"], env={"TCPREMOTEIP": "192.0.2.7"})
+    assert result.rc == 0 and b" trust=" in result.err
+    trusted = stamp(time.time() - 200).encode() + b" " + result.err.replace(b"pid x", b"pid 1")
+    code, _, err = adaptive_cmd([tmp_path / "s", tmp_path / "b.cdb"], trusted + fresh(0, 20))
+    assert (code, err) == (0, "")
+    assert adaptive_cmd(["-q", "192.0.2.7", tmp_path / "s", tmp_path / "b.cdb"])[0] == 100
