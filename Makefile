@@ -4,7 +4,7 @@ VENV ?= .venv
 PREFIX ?= /usr/local
 DESTDIR ?=
 MANDIR ?= $(PREFIX)/share/man
-PROGRAMS = greylist mfcheck rblcheck rhostcheck tarpit throttle validrcptto qtools-mkcdb qtools-report
+PROGRAMS = greylist mfcheck rblcheck rhostcheck tarpit throttle validrcptto qtools-mkcdb qtools-report qtools-adaptive qtools-list
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
 DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools chromium
 

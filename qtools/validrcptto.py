@@ -135,7 +135,8 @@ def main(argv, environ):
     if skip is None and not path and wish.action == "check":
         skip = "nocdb"
     if skip is not None:
-        if level >= 1:
+        # a relay client is logged at every level: qtools-adaptive never blocks it
+        if level >= 1 or skip == "relayclient":
             core.log(PROG, client.ip, "skip", (("why", skip),))
         return core.chain(PROG, rest, environ)
     check = Check(None, "s" in letters, limit, level)

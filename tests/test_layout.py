@@ -12,10 +12,15 @@ import pytest
 from qtools import core
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROGRAMS = sorted(core.PROGRAMS) + ["qtools-mkcdb", "qtools-report"]
+PROGRAMS = sorted(core.PROGRAMS) + ["qtools-adaptive", "qtools-list", "qtools-mkcdb",
+                                      "qtools-report"]
+# qtools.list would read as the builtin's name: the module of qtools-list is listedit.
+MODULES = {"qtools-list": "qtools.listedit"}
 
 
 def module_of(program):
+    if program in MODULES:
+        return MODULES[program]
     if program.startswith("qtools-"):
         return "qtools." + program[len("qtools-"):]
     return core.PROGRAMS[program]

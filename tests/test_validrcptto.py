@@ -210,6 +210,8 @@ class TestProgram:
         """With RELAYCLIENT set nothing is checked and no proxy runs."""
         result = self.run(maildir, {"VALIDRCPTTO_CDB": vcdb, "RELAYCLIENT": ""})
         assert b"\r\n553 " not in result.out and b"end why" not in result.err
+        # logged at every level, so that qtools-adaptive never blocks a relay client
+        assert b"validrcptto: 192.0.2.7 pid x: skip why=relayclient\n" in result.err
 
     def test_no_cdb(self, maildir):
         """Without $VALIDRCPTTO_CDB every recipient passes."""
