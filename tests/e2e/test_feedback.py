@@ -52,11 +52,21 @@ class Gateway:
 
     def lines(self, word):
         """Return how many lines of the log directory hold word."""
-        count = 0
+        while True:
+            try:
+                return self._count(word)
+            except FileNotFoundError:
+                continue  # multilog renamed a file between listing and opening
+
+    def _count(self, word):
+        count, inodes = 0, set()
         for name in os.listdir(self.logdir):
-            if name == "current" or name[:1] == "@":
+            if name in ("current", "previous") or name[:1] == "@":
                 with open(self.logdir / name, "rb") as f:
-                    count += f.read().count(word.encode())
+                    inode = os.fstat(f.fileno()).st_ino
+                    if inode not in inodes:  # one file seen under two names
+                        inodes.add(inode)
+                        count += f.read().count(word.encode())
         return count
 
     def wait_lines(self, word, count, timeout=20):
