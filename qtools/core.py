@@ -461,6 +461,17 @@ def exec_program(prog, argv, environ):
         raise Die(TEMP_EXIT, "unable to run %s: %s" % (argv[0], text))
 
 
+def version(prog):
+    """Print "prog (qtools) VERSION" on stdout, as every program's --version does."""
+    from qtools import __version__
+
+    try:
+        os.write(1, ("%s (qtools) %s\n" % (prog, __version__)).encode())
+    except OSError:
+        return TEMP_EXIT
+    return 0
+
+
 def main_of(prog, usage):
     """Wrap body(argv, environ) as main(argv=None, environ=None) -> int.
 
@@ -475,6 +486,8 @@ def main_of(prog, usage):
                 argv = sys.argv[1:]
             if environ is None:
                 environ = dict(os.environ)
+            if argv[:1] == ["--version"]:
+                return version(prog)
             try:
                 code = body(list(argv), environ)
             except Usage as error:

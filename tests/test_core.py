@@ -327,3 +327,14 @@ def test_qtools_exec_forces_a_real_exec(tmp_path, exec_mode, starts):
     done = subprocess.run(argv, env=env, capture_output=True, timeout=30)
     assert done.returncode == 0
     assert interpreter_starts(done.stderr) == starts
+
+
+@pytest.mark.parametrize("program", sorted(core.PROGRAMS) + ["qtools-mkcdb"])
+def test_version_is_the_package_version(program):
+    """Every program answers --version with the one version of the package."""
+    from conftest import run_prog
+    from qtools import __version__
+
+    result = run_prog([program, "--version"])
+    expected = "%s (qtools) %s\n" % (program, __version__)
+    assert (result.rc, result.out, result.err) == (0, expected.encode(), b"")
