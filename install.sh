@@ -56,7 +56,9 @@ uninstall() {
 }
 
 # mkdirs DIR: create DIR and its parents, noting in $created those that did
-# not exist (without $DESTDIR).
+# not exist (without $DESTDIR) and are ours to remove: below $PREFIX, or
+# $PREFIX itself when installing in place (/usr/local in an empty staging
+# directory is not the installation's).
 mkdirs() {
   missing=""
   path=$1
@@ -66,6 +68,11 @@ mkdirs() {
   done
   for path in $missing; do
     mkdir "$DESTDIR$path"
+    case $path in
+      "$PREFIX"/*) ;;
+      "$PREFIX") [ -z "$DESTDIR" ] || continue ;;
+      *) continue ;;
+    esac
     created="$created
 d $path"
   done
