@@ -695,3 +695,24 @@ class TestQueryIsTheReadersAnswer:
             run = run_prog(["rblcheck", "-T", "0.2", "-A", target, "-r", "x.invalid", "true"], env)
             key = line.split(b" ")[0].strip()
             assert (b"why=allow key=%s\n" % key in run.err) == bool(line), run.err
+
+
+def test_stale_rebuilds_a_list_without_the_mark_once(tmp_path):
+    """-s -a rebuilds a cdb an earlier version built (no mark) even when its text did not change."""
+    text, target = tmp_path / "validrcptto", tmp_path / "validrcptto.cdb"
+    text.write_bytes(b"joe@example.com\n")
+    assert run_prog(["qtools-mkcdb", "-s", "-a", str(text), str(target)]).rc == 0
+    with cdb.Reader(str(target)) as reader:
+        assert reader.get(validrcptto.MARKER) == b""
+    with open(str(target), "wb") as f:  # what 0.1.0 wrote: the records without the mark
+        writer = cdb.Writer(f)
+        writer.add(b"joe@example.com")
+        writer.add(b"example.com")
+        writer.finish()
+    stamp = os.stat(str(text)).st_mtime_ns
+    os.utime(str(target), ns=(stamp, stamp))
+    assert run_prog(["qtools-mkcdb", "-s", "-v", "-a", str(text), str(target)]).err.startswith(
+        b"qtools-mkcdb: info: rebuilt")
+    with cdb.Reader(str(target)) as reader:
+        assert reader.get(validrcptto.MARKER) == b""
+    assert run_prog(["qtools-mkcdb", "-s", "-v", "-a", str(text), str(target)]).err == b""
