@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: ISC
 """Read and write djb's constant databases (cdb); reading needs the standard library only."""
 
-import os
+import posix  # the writers load os; a reader on the connection path need not
 
 
 def cdb_hash(key):
@@ -23,14 +23,14 @@ class Reader:
         import mmap
 
         self.path = path
-        fd = os.open(path, os.O_RDONLY)
+        fd = posix.open(path, posix.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            size = posix.fstat(fd).st_size
             if size < 2048:
                 raise OSError(0, "not a cdb file (shorter than its header)", path)
             self._data = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         finally:
-            os.close(fd)
+            posix.close(fd)
 
     def close(self):
         self._data.close()
@@ -180,6 +180,7 @@ class WriteError(Exception):
 def _open_tmp(tmp):
     """Open tmp for writing, locked, truncated; only one build writes it at a time."""
     import fcntl
+    import os
 
     while True:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -208,6 +209,8 @@ def write(path, records, tmp=None, writer="auto", mtime_ns=None):
     (cdbx), "pure" or "auto" (fast when installed); mtime_ns, if given, is
     stamped on the new file.
     """
+    import os
+
     from qtools.core import strerror
 
     tmp = tmp or path + ".tmp"
@@ -264,6 +267,8 @@ def write(path, records, tmp=None, writer="auto", mtime_ns=None):
 
 def _sync_directory(path):
     """Make the rename durable; a failure here loses nothing already visible."""
+    import os
+
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     except OSError:
