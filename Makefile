@@ -4,13 +4,17 @@ VENV ?= .venv
 PREFIX ?= /usr/local
 DESTDIR ?=
 MANDIR ?= $(PREFIX)/share/man
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib/qtools
+FAST ?=
+PIPFLAGS ?=
 PROGRAMS = greylist mfcheck rblcheck rhostcheck tarpit throttle validrcptto qtools-mkcdb qtools-report qtools-adaptive qtools-list
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
-DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools chromium
+DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools chromium python3-pip
 
 VPY = $(VENV)/bin/python
 
-.PHONY: all test check demo demo-report bench fuzz load install debs venv clean
+.PHONY: all test check demo demo-report bench fuzz load install uninstall debs venv clean
 
 all: venv
 
@@ -67,11 +71,18 @@ fuzz: debs venv
 load: debs venv
 	QTOOLS_LOAD_CONNECTIONS=5000 $(VPY) -m pytest -q tests/e2e/test_load.py
 
+# A self-contained installation for $(PYTHON) (3.9 or later): the package
+# and pure-cdb (cdbx too with FAST=1) in $(LIBDIR), the programs in $(BINDIR)
+# with "#!$(PYTHON) -IS" as their first line, the man pages in $(MANDIR).
+# DESTDIR stages it for a package; $(LIBDIR)/MANIFEST lets uninstall remove
+# exactly what install put there.  See install.sh.
 install:
-	$(PYTHON) -m pip install --no-deps --prefix '$(PREFIX)' $(if $(DESTDIR),--root '$(DESTDIR)') .
-	mkdir -p '$(DESTDIR)$(MANDIR)/man7' '$(DESTDIR)$(MANDIR)/man8'
-	cp man/*.7 '$(DESTDIR)$(MANDIR)/man7/'
-	cp man/*.8 '$(DESTDIR)$(MANDIR)/man8/'
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' LIBDIR='$(LIBDIR)' \
+	  MANDIR='$(MANDIR)' PYTHON='$(PYTHON)' FAST='$(FAST)' PIPFLAGS='$(PIPFLAGS)' \
+	  PROGRAMS='$(PROGRAMS)' sh install.sh install
+
+uninstall:
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' LIBDIR='$(LIBDIR)' sh install.sh uninstall
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo .pytest_cache
