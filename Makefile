@@ -4,15 +4,19 @@ VENV ?= .venv
 PREFIX ?= /usr/local
 DESTDIR ?=
 MANDIR ?= $(PREFIX)/share/man
-PROGRAMS = greylist rblcheck rhostcheck tarpit validrcptto qtools-mkcdb qtools-queue
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib/qtools
+FAST ?=
+PIPFLAGS ?=
+PROGRAMS = greylist mfcheck rblcheck rhostcheck tarpit throttle validrcptto qtools-mkcdb qtools-report qtools-adaptive qtools-list qtools-queue
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
-DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools
+DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools chromium python3-pip
 # qtools-queue's scanners: spamd (its own package since Debian 12) and clamd.
 DEBS += spamassassin spamd spamc clamav clamav-daemon
 
 VPY = $(VENV)/bin/python
 
-.PHONY: all test check demo bench fuzz load install debs venv clean
+.PHONY: all test check demo demo-report bench fuzz load install uninstall debs venv clean
 
 all: venv
 
@@ -48,6 +52,18 @@ check: test
 demo: debs venv
 	sh examples/demo
 
+# A day of sample log lines, its report as text and HTML, and a screenshot
+# of the page taken by headless Chromium (which fetches nothing: the page
+# is self-contained).
+demo-report: debs venv
+	mkdir -p demo
+	$(VPY) bench/samplelog.py -n 4000 > demo/sample.log
+	$(VENV)/bin/qtools-report -q 10 -r 15 -H demo/report.html demo/sample.log > demo/report.txt
+	chromium --headless --disable-gpu --no-sandbox --no-first-run --hide-scrollbars \
+	  --user-data-dir="$(CURDIR)/demo/chromium" --window-size=1100,1250 \
+	  --screenshot="$(CURDIR)/demo/report.png" "file://$(CURDIR)/demo/report.html" 2>/dev/null
+	@echo "demo-report: demo/report.txt, demo/report.html, demo/report.png"
+
 bench: debs venv
 	$(VPY) bench/run.py
 
@@ -57,11 +73,18 @@ fuzz: debs venv
 load: debs venv
 	QTOOLS_LOAD_CONNECTIONS=5000 $(VPY) -m pytest -q tests/e2e/test_load.py
 
+# A self-contained installation for $(PYTHON) (3.9 or later): the package
+# and pure-cdb (cdbx too with FAST=1) in $(LIBDIR), the programs in $(BINDIR)
+# with "#!$(PYTHON) -IS" as their first line, the man pages in $(MANDIR).
+# DESTDIR stages it for a package; $(LIBDIR)/MANIFEST lets uninstall remove
+# exactly what install put there.  See install.sh.
 install:
-	$(PYTHON) -m pip install --no-deps --prefix '$(PREFIX)' $(if $(DESTDIR),--root '$(DESTDIR)') .
-	mkdir -p '$(DESTDIR)$(MANDIR)/man7' '$(DESTDIR)$(MANDIR)/man8'
-	cp man/*.7 '$(DESTDIR)$(MANDIR)/man7/'
-	cp man/*.8 '$(DESTDIR)$(MANDIR)/man8/'
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' LIBDIR='$(LIBDIR)' \
+	  MANDIR='$(MANDIR)' PYTHON='$(PYTHON)' FAST='$(FAST)' PIPFLAGS='$(PIPFLAGS)' \
+	  PROGRAMS='$(PROGRAMS)' sh install.sh install
+
+uninstall:
+	DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' LIBDIR='$(LIBDIR)' sh install.sh uninstall
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo .pytest_cache

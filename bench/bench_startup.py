@@ -11,6 +11,12 @@ sends no query -- $RBLSMTPD empty, RELAYCLIENT set, an allow-list hit --
 costs at most 1.5 times the bare interpreter's CPU.  The venv interpreter
 with its site import (python -c pass) is shown too: it is the floor an
 installed program cannot go below.
+
+The programs of make install (PYTHON=$BENCH_INSTALL_PYTHON, Debian's
+/usr/bin/python3 by default) run as "#!python -IS" with their own
+library directory on sys.path, so they pay for no site import: target
+(issue 15), every no-query row at most 1.2 times that interpreter's
+python -I -S -c pass.
 """
 
 import os
@@ -20,18 +26,44 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import VENV_BIN, measure_many, table  # noqa: E402
+from common import REPO, VENV_BIN, measure_many, table  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "21"))
 TRUE = shutil.which("true")
+INSTALL_PYTHON = os.environ.get("BENCH_INSTALL_PYTHON") or (
+    "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable)
 
 
 def prog(name):
     return os.path.join(VENV_BIN, name)
 
 
+def install(prefix):
+    """make install into prefix; return its bin directory."""
+    subprocess.run(["make", "-s", "-C", REPO, "install", "PYTHON=" + INSTALL_PYTHON,
+                    "PREFIX=" + prefix], check=True, stdout=subprocess.DEVNULL)
+    return os.path.join(prefix, "bin")
+
+
+def no_query_cases(bin_, env, check_env, allow, state):
+    """The rows with a target: a pass path that sends no DNS query."""
+    def prog(name):
+        return os.path.join(bin_, name)
+
+    rbl = [prog("rblcheck"), "-r", "x.invalid", TRUE]
+    five = [prog("rhostcheck"), prog("rblcheck"), "-r", "x.invalid", prog("greylist"), state,
+            prog("validrcptto"), prog("tarpit"), TRUE]
+    return [
+        ("no query: rblcheck, $RBLSMTPD empty", rbl, dict(check_env, RBLSMTPD="")),
+        ("no query: rblcheck, RELAYCLIENT set", rbl, dict(check_env, RELAYCLIENT="")),
+        ("no query: rblcheck -A, allow-list hit", rbl[:1] + ["-A", allow] + rbl[1:], check_env),
+        ("no query: chain of five, RELAYCLIENT", five, dict(check_env, RELAYCLIENT="")),
+    ]
+
+
 def main():
     state = tempfile.mkdtemp(prefix="bench_startup.")
+    installed = install(os.path.join(state, "prefix"))
     env = {
         "PATH": "%s:/usr/bin:/bin" % VENV_BIN,
         "TCPREMOTEIP": "127.0.0.9",
@@ -46,18 +78,14 @@ def main():
     subprocess.run([prog("qtools-mkcdb"), "-n", allow, allow + ".tmp"], input=b"127.0.0.0/24\n",
                    check=True)
     check_env = {k: v for k, v in env.items() if k not in ("RBLSMTPD", "RELAYCLIENT")}
-    rbl = [prog("rblcheck"), "-r", "x.invalid", TRUE]
     five = [prog("rhostcheck"), prog("rblcheck"), "-r", "x.invalid", prog("greylist"), state,
             prog("validrcptto"), prog("tarpit"), TRUE]
-    # (what, argv, environment, target): the targets are issue 9's.
+    # (what, argv, environment, target): the venv's targets are issue 9's.
     cases = [
         ("python -I -S -c pass", [sys.executable, "-I", "-S", "-c", "pass"], env, None),
         ("python -c pass (the venv, with site)", [sys.executable, "-c", "pass"], env, None),
-        ("no query: rblcheck, $RBLSMTPD empty", rbl, dict(check_env, RBLSMTPD=""), 1.5),
-        ("no query: rblcheck, RELAYCLIENT set", rbl, dict(check_env, RELAYCLIENT=""), 1.5),
-        ("no query: rblcheck -A, allow-list hit", rbl[:1] + ["-A", allow] + rbl[1:], check_env,
-         1.5),
-        ("no query: chain of five, RELAYCLIENT", five, dict(check_env, RELAYCLIENT=""), 1.5),
+    ] + [(what, argv, case_env, 1.5)
+         for what, argv, case_env in no_query_cases(VENV_BIN, env, check_env, allow, state)] + [
         ("rhostcheck true", [prog("rhostcheck"), TRUE], env, None),
         ("greylist DIR true", [prog("greylist"), state, TRUE], env, None),
         ("validrcptto true", [prog("validrcptto"), TRUE], env, None),
@@ -67,11 +95,19 @@ def main():
     if shutil.which("rblsmtpd"):
         cases.append(("rblsmtpd -r x.invalid true", ["rblsmtpd", "-r", "x.invalid", TRUE], env,
                       None))
-    results = measure_many([(argv, case_env) for _, argv, case_env, _ in cases], RUNS)
+    bare = [INSTALL_PYTHON, "-I", "-S", "-c", "pass"]
+    mine = [(what, argv, case_env, 1.2)
+            for what, argv, case_env in no_query_cases(installed, env, check_env, allow, state)]
+    both = measure_many([(argv, case_env) for _, argv, case_env, _ in cases + mine]
+                        + [(bare, env)], RUNS)
+    results, theirs, floor2 = both[:len(cases)], both[len(cases):-1], both[-1]
     floor = results[0]
     rows = []
     for (what, _, _, target), (wall, cpu) in zip(cases[1:], results[1:]):
         rows.append((what + ": cpu", cpu * 1000, floor[1] * 1000, "python -I -S", target, "ms"))
+    for (what, _, _, target), (wall, cpu) in zip(mine, theirs):
+        rows.append(("installed, " + what[10:] + ": cpu", cpu * 1000, floor2[1] * 1000,
+                     "python3 -I -S", target, "ms"))
     if cases[-1][0].startswith("rblsmtpd"):
         for (what, _, _, _), (wall, cpu) in zip(cases[2:-1], results[2:-1]):
             rows.append((what + ": wall", wall * 1000, results[-1][0] * 1000, "rblsmtpd (C)",

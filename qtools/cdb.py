@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: ISC
 """Read and write djb's constant databases (cdb); reading needs the standard library only."""
 
-import os
+import posix  # the writers load os; a reader on the connection path need not
 
 
 def cdb_hash(key):
@@ -17,23 +17,32 @@ def _u32(data, at):
 
 
 class Reader:
-    """A cdb file opened for lookups; first match wins, as in tcpserver."""
+    """A cdb file opened for lookups; first match wins, as in tcpserver.
+
+    Lookups read the file with pread: a handful of system calls cost less
+    than loading mmap (a shared library on Debian) on the connection path.
+    The file stays open, so a cdb renamed over it later is not seen.
+    """
 
     def __init__(self, path):
-        import mmap
-
         self.path = path
-        fd = os.open(path, os.O_RDONLY)
+        fd = posix.open(path, posix.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            size = posix.fstat(fd).st_size
             if size < 2048:
                 raise OSError(0, "not a cdb file (shorter than its header)", path)
-            self._data = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        except BaseException:
+            posix.close(fd)
+            raise
+        self._fd = fd
+
+    def _read(self, at, count):
+        return posix.pread(self._fd, count, at)
 
     def close(self):
-        self._data.close()
+        if self._fd >= 0:
+            posix.close(self._fd)
+            self._fd = -1
 
     def __enter__(self):
         return self
@@ -43,23 +52,23 @@ class Reader:
 
     def get_all(self, key):
         """Yield every value stored under key, in insertion order."""
-        data = self._data
+        read = self._read
         h = cdb_hash(key)
-        at = (h & 255) * 8
-        table, slots = _u32(data, at), _u32(data, at + 4)
+        head = read((h & 255) * 8, 8)
+        table, slots = _u32(head, 0), _u32(head, 4)
         if not slots:
             return
         slot = (h >> 8) % slots
         for _ in range(slots):
-            place = table + slot * 8
-            stored, record = _u32(data, place), _u32(data, place + 4)
+            pair = read(table + slot * 8, 8)
+            stored, record = _u32(pair, 0), _u32(pair, 4)
             if not record:
                 return
             if stored == h:
-                klen, dlen = _u32(data, record), _u32(data, record + 4)
-                start = record + 8
-                if klen == len(key) and data[start : start + klen] == key:
-                    yield data[start + klen : start + klen + dlen]
+                found = read(record, 8 + len(key))  # lengths, then as much key as ours
+                klen, dlen = _u32(found, 0), _u32(found, 4)
+                if klen == len(key) and found[8:] == key:
+                    yield read(record + 8 + klen, dlen)
             slot = (slot + 1) % slots
 
     def get(self, key, default=None):
@@ -73,9 +82,9 @@ class Reader:
 
     def items(self):
         """Yield every (key, value) in file order."""
-        data = self._data
+        end = _u32(self._read(0, 4), 0)  # the first hash table starts after the records
+        data = self._read(0, end)  # read whole: a dump reads them all
         at = 2048
-        end = _u32(data, 0)  # the first hash table starts after the records
         while at < end:
             klen, dlen = _u32(data, at), _u32(data, at + 4)
             start = at + 8
@@ -180,6 +189,7 @@ class WriteError(Exception):
 def _open_tmp(tmp):
     """Open tmp for writing, locked, truncated; only one build writes it at a time."""
     import fcntl
+    import os
 
     while True:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -208,6 +218,8 @@ def write(path, records, tmp=None, writer="auto", mtime_ns=None):
     (cdbx), "pure" or "auto" (fast when installed); mtime_ns, if given, is
     stamped on the new file.
     """
+    import os
+
     from qtools.core import strerror
 
     tmp = tmp or path + ".tmp"
@@ -264,6 +276,8 @@ def write(path, records, tmp=None, writer="auto", mtime_ns=None):
 
 def _sync_directory(path):
     """Make the rename durable; a failure here loses nothing already visible."""
+    import os
+
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     except OSError:

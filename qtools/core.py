@@ -1,16 +1,18 @@
 # SPDX-License-Identifier: ISC
 """The chain core: options, environment, messages, decision log, hand-off."""
 
-import os
+import posix  # not os: loading os costs a tenth of an installed program's start
 import sys
 
 # Programs that may be run in the same process when they follow each other
 # in a chain.  qtools-mkcdb is not a chain program.
 PROGRAMS = {
     "greylist": "qtools.greylist",
+    "mfcheck": "qtools.mfcheck",
     "rblcheck": "qtools.rblcheck",
     "rhostcheck": "qtools.rhostcheck",
     "tarpit": "qtools.tarpit",
+    "throttle": "qtools.throttle",
     "validrcptto": "qtools.validrcptto",
 }
 
@@ -36,7 +38,7 @@ def _write_err(line):
     # in a buffer when the process is replaced by exec.
     data = (line + "\n").encode("utf-8", "backslashreplace")
     try:
-        os.write(2, data)
+        posix.write(2, data)
     except OSError:
         pass
 
@@ -313,6 +315,19 @@ def marks(environ):
     return environ.get(MARK_VARIABLE, "").split()
 
 
+TRUST_VARIABLE = "QTOOLS_TRUSTED"
+
+
+def trust(environ, tag):
+    """Set $QTOOLS_TRUSTED to tag ("rblcheck:list.dnswl.org"): later soft checks step aside."""
+    environ[TRUST_VARIABLE] = tag
+
+
+def trusted(environ):
+    """Return True when tcp.smtp set WHITELISTED or an earlier program trusted the client."""
+    return "WHITELISTED" in environ or bool(environ.get(TRUST_VARIABLE))
+
+
 # --- Replies and the decision log -------------------------------------------
 
 
@@ -334,7 +349,7 @@ def log_line(prog, ip, verdict, fields=()):
 
     The head is rblsmtpd's, so existing log parsers keep working.
     """
-    parts = ["%s: %s pid %d: %s" % (prog, ip, os.getpid(), verdict)]
+    parts = ["%s: %s pid %d: %s" % (prog, ip, posix.getpid(), verdict)]
     for key, value in fields:
         parts.append("%s=%s" % (key, _field(value)))
     return " ".join(parts)
@@ -369,6 +384,22 @@ class Verdict:
         )
 
 
+def step_aside(client, environ, name):
+    """Return the Verdict for a client every check leaves alone or $name refuses, else None.
+
+    RELAYCLIENT and WHITELISTED (cqgreylist's) skip; $name is read on the
+    $RBLSMTPD pattern.
+    """
+    if client.relay:
+        return Verdict("skip", why=(("why", "relayclient"),))
+    if "WHITELISTED" in environ:
+        return Verdict("skip", why=(("why", "whitelisted"),))
+    wish = override(environ, name)
+    if wish.action == "refuse":
+        return from_override(wish)
+    return Verdict("skip", why=(("why", "override"),)) if wish.action == "skip" else None
+
+
 def from_override(ov, default_code=451):
     """Turn a refusing Override into a refuse Verdict (553 when permanent)."""
     code = 553 if ov.permanent else default_code
@@ -394,15 +425,38 @@ def _which(name, path):
     if "/" in name:
         return name
     for directory in (path or "/bin:/usr/bin").split(":"):
-        candidate = os.path.join(directory or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        directory = directory or "."
+        candidate = directory + ("" if directory.endswith("/") else "/") + name
+        try:
+            regular = posix.stat(candidate).st_mode & 0o170000 == 0o100000
+        except (OSError, ValueError):
+            continue
+        if regular and posix.access(candidate, 1):  # X_OK
             return candidate
     return None
 
 
+def _directory_of(path):
+    """Return (device, inode) of the directory holding path once its symlinks are followed, or None."""
+    for _ in range(40):
+        try:
+            target = posix.readlink(path)
+        except (OSError, ValueError):
+            break  # not a symlink
+        if not target.startswith("/") and "/" in path:
+            target = path.rpartition("/")[0] + "/" + target
+        path = target
+    head = path.rpartition("/")[0] if "/" in path else "."
+    try:
+        st = posix.stat(head or "/")
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _home():
-    """Return the directory our own program was started from."""
-    return os.path.dirname(os.path.realpath(sys.argv[0] if sys.argv else ""))
+    """Return the directory our own program was started from, as _directory_of gives it."""
+    return _directory_of(sys.argv[0] if sys.argv else "")
 
 
 def in_process(argv, environ):
@@ -411,12 +465,12 @@ def in_process(argv, environ):
     Only a qtools chain program found in the same directory as the program
     now running counts: the same installation, so the same package.
     """
-    name = os.path.basename(argv[0])
+    name = argv[0].rpartition("/")[2]
     module = PROGRAMS.get(name)
     if module is None or environ.get("QTOOLS_EXEC") == "1":
         return None
     found = _which(argv[0], environ.get("PATH"))
-    if found is None or os.path.dirname(os.path.realpath(found)) != _home():
+    if found is None or _directory_of(found) is None or _directory_of(found) != _home():
         return None
     return module
 
@@ -453,12 +507,32 @@ def exec_program(prog, argv, environ):
     found = _which(argv[0], environ.get("PATH"))
     try:
         if found is not None:
-            os.execve(found, argv, environ)
+            posix.execve(found, argv, environ)
+        import os  # for its error: the search above found nothing
+
         os.execvpe(argv[0], argv, environ)
     except (OSError, ValueError) as error:
         _signal.signal(_signal.SIGPIPE, previous)  # still us: EPIPE, not death
         text = strerror(error) if isinstance(error, OSError) else str(error)
         raise Die(TEMP_EXIT, "unable to run %s: %s" % (argv[0], text))
+
+
+def version(prog):
+    """Print "prog (qtools) VERSION" on stdout, as every program's --version does."""
+    from qtools import __version__
+
+    try:
+        posix.write(1, ("%s (qtools) %s\n" % (prog, __version__)).encode())
+    except OSError:
+        return TEMP_EXIT
+    return 0
+
+
+def environment():
+    """Return the process environment as os.environ reads it, without loading os."""
+    code = sys.getfilesystemencoding()
+    return {key.decode(code, "surrogateescape"): value.decode(code, "surrogateescape")
+            for key, value in posix.environ.items()}
 
 
 def main_of(prog, usage):
@@ -474,7 +548,9 @@ def main_of(prog, usage):
             if argv is None:
                 argv = sys.argv[1:]
             if environ is None:
-                environ = dict(os.environ)
+                environ = environment()
+            if argv[:1] == ["--version"]:
+                return version(prog)
             try:
                 code = body(list(argv), environ)
             except Usage as error:

@@ -3,9 +3,9 @@
 
 # Hand-written rather than dnspython: importing dns.message costs tens of
 # milliseconds, more than the rest of a connection's start-up, and the
-# resolver needs four record types out of the whole protocol.
+# resolver needs five record types out of the whole protocol.
 
-TYPES = {"A": 1, "PTR": 12, "TXT": 16, "AAAA": 28}
+TYPES = {"A": 1, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28}
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 NOERROR, NXDOMAIN = 0, 3
 CLASS_IN = 1
@@ -85,7 +85,8 @@ def name_text(labels):
 
 
 def _rdata(rdtype, data, start, end):
-    """Return the plain value of one record: text for A, AAAA and PTR, bytes for TXT."""
+    """Return the plain value of one record: text for A, AAAA and PTR, bytes for TXT,
+    (preference, exchange text) for MX; a null MX (RFC 7505) has exchange ""."""
     rdata = data[start:end]
     if rdtype == 1 or rdtype == 28:
         import _socket
@@ -93,10 +94,13 @@ def _rdata(rdtype, data, start, end):
         if len(rdata) != (4 if rdtype == 1 else 16):
             raise FormError("bad address length")
         return _socket.inet_ntop(_socket.AF_INET if rdtype == 1 else _socket.AF_INET6, rdata)
-    if rdtype == 12:
-        labels, stop = read_name(data, start)
-        if stop != end:
-            raise FormError("bad PTR length")
+    if rdtype == 12 or rdtype == 15:
+        first = start + 2 if rdtype == 15 else start
+        labels, stop = read_name(data, first)
+        if stop != end or first > end:
+            raise FormError("bad %s length" % ("MX" if rdtype == 15 else "PTR"))
+        if rdtype == 15:
+            return int.from_bytes(rdata[:2], "big"), name_text(labels)
         return name_text(labels)
     strings, at = [], 0
     if not rdata:

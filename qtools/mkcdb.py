@@ -129,7 +129,9 @@ def stale(fmt, args, writer, verbose):
             try:
                 # a build stamps the text's mtime on the cdb: any change of
                 # the text, even to an older file, shows as a difference
-                if os.stat(target).st_mtime_ns == mtime:
+                # (a list built before qtools-mkcdb marked its cdbs is
+                # rebuilt once, so validrcptto reads it relaxed again)
+                if os.stat(target).st_mtime_ns == mtime and (fmt != "a" or marked(target)):
                     continue
             except OSError:
                 pass
@@ -161,34 +163,64 @@ def show(fmt, key, value):
 
 
 def find(fmt, reader, key):
-    """Return the records a client of the cdb would get for key, best first."""
+    """Return (the records that decide for key, best first; whether its reader accepts it).
+
+    The lookup is the reading program's own: netlist.lookup as rblcheck,
+    rhostcheck and greylist call it, validrcptto.decide for an address.
+    """
     from qtools import netlist
 
     if fmt == "t":
-        return [(key, bytes(v)) for v in reader.get_all(key)]
+        found = [(key, bytes(v)) for v in reader.get_all(key)]
+        return found, bool(found)
     if fmt == "a":
-        key = key.lower()
-        for candidate in (key, b"@" + key.rpartition(b"@")[2]):
-            value = reader.get(candidate)
-            if value is not None:
-                return [(candidate, bytes(value))]
-        return []
+        return recipient(reader, key)
     text = key.decode("latin-1")
     parsed = core.parse_ip(text)
     if parsed is None and "/" in text:
         from qtools.rules import network_key
 
         try:
-            key = network_key(key)[0]
+            base, bits, _ = network_key(key)
         except ValueError as error:
             raise core.Die(100, str(error))
-        value = reader.get(key)
-        return [] if value is None else [(key, bytes(value))]
-    if parsed is None:
+        parsed = core.parse_ip(base.split(b"/")[0].decode("ascii"))
+        hit = netlist.lookup(reader, packed=parsed[1], within=bits)
+    elif parsed is None:
         hit = netlist.lookup(reader, host=text.lstrip("="))
     else:
         hit = netlist.lookup(reader, packed=parsed[1])
-    return [hit] if hit else []
+    return ([hit], True) if hit else ([], False)
+
+
+def recipient(reader, address):
+    """Return ([the record validrcptto decides on], whether it accepts the address).
+
+    A pass without a record (postmaster, a domain the list does not speak
+    for) is told as a comment line, which the -a format reads as nothing.
+    """
+    from qtools import validrcptto
+
+    verdict = validrcptto.decide(address, reader, validrcptto.strict_for(reader))
+    why = dict(verdict.why)
+    accepted = verdict.action == "pass"
+    if "key" in why:
+        return [(why["key"], bytes(reader.get(why["key"])))], accepted
+    if accepted:
+        return [(b"# accepted: %s" % why["why"].encode(), None)], accepted
+    return [], accepted
+
+
+def marked(path):
+    """Return True when the cdb at path carries qtools-mkcdb -a's record."""
+    from qtools import cdb
+    from qtools.validrcptto import MARKER
+
+    try:
+        with cdb.Reader(path) as reader:
+            return reader.get(MARKER) is not None
+    except OSError:
+        return False
 
 
 def lookup(fmt, key, path, out):
@@ -204,10 +236,11 @@ def lookup(fmt, key, path, out):
             # the bits keys of -n and the domain markers of -a are derived
             hidden = (lambda k: b"@" not in k) if fmt == "a" else (lambda k: k[:1] == b"\0")
             found = [(bytes(k), bytes(v)) for k, v in reader.items() if not hidden(k)]
+            accepted = True
         else:
-            found = find(fmt, reader, os.fsencode(key))
-        out.extend(show(fmt, k, v) + b"\n" for k, v in found)
-    return 0 if found or key is None else 100
+            found, accepted = find(fmt, reader, os.fsencode(key))
+        out.extend((k if v is None else show(fmt, k, v)) + b"\n" for k, v in found)
+    return 0 if accepted else 100
 
 
 @core.main_of(PROG, USAGE)

@@ -36,12 +36,18 @@ def host_keys(host):
         at = host.find(".", at + 1)
 
 
-def lookup(reader, packed=None, host=None):
-    """Return (key, value) of the best entry for the address or host, or None."""
+def lookup(reader, packed=None, host=None, within=None):
+    """Return (key, value) of the best entry for the address or host, or None.
+
+    within: packed is a network of that many bits, and only an entry it
+    falls under as a whole (as wide or wider) is its answer.
+    """
     if packed is not None:
         width = len(packed) * 8
         family_key = b"\0bits4" if width == 32 else b"\0bits6"
         for bits in _bits(reader, family_key, width):
+            if within is not None and bits > within:
+                continue
             key = network_key(packed, bits)
             value = reader.get(key)
             if value is not None:
@@ -52,3 +58,9 @@ def lookup(reader, packed=None, host=None):
             if value is not None:
                 return key, bytes(value)
     return None
+
+
+def listed(reader, client):
+    """Return the text of the entry that lists a core.Client (address or name), or None."""
+    found = lookup(reader, client.packed, client.host)
+    return None if found is None else found[0].decode()

@@ -385,6 +385,9 @@ class Engine:
             if code == b"354":
                 self.data = True
                 self.tail = b"\r\n"  # qmail-smtpd starts DATA as after CR LF
+                if session.tls:  # the backend cannot know: say so in the message
+                    from qtools.received import tls_line
+                    self.to_server += tls_line(session)
         self._release()
         if self.data and self.cin:
             pending = bytes(self.cin)

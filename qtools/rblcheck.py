@@ -6,7 +6,8 @@ from qtools import core
 PROG = "rblcheck"
 USAGE = (
     "rblcheck [ -b | -B ] [ -c | -C ] [ -m | -M ] [ -n ] [ -t timeout ]"
-    " [ -T dnstimeout ] [ -S ip[:port] ] [ -s score ] [ -A allow.cdb ] [ -D deny.cdb ]"
+    " [ -T dnstimeout ] [ -S ip[:port] ] [ -s score ] [ -w score ]"
+    " [ -A allow.cdb ] [ -D deny.cdb ]"
     " [ -r base ] [ -a base ] [ -l base[=codes][*weight] ]"
     " [ -d base[=codes][*weight] ] prog [ arg ... ]"
 )
@@ -138,10 +139,10 @@ def _variable(environ, name, parse, default):
 @core.main_of(PROG, USAGE)
 def main(argv, environ):
     """Run prog unless the client is listed; refuse it with the list's text otherwise."""
-    options, rest = core.getopt(argv, "bBcCmMnt:T:S:s:A:D:r:a:l:d:")
+    options, rest = core.getopt(argv, "bBcCmMnt:T:S:s:w:A:D:r:a:l:d:")
     timeout, dns_timeout, servers, options = core.dns_options(PROG, options, DNS_TIMEOUT)
     bounce = failclosed = mark = dryrun = False
-    threshold = 1
+    threshold, trust = 1, None
     sources, cdbs = [], {}
     for letter, value in options:
         if letter in "bB":
@@ -154,6 +155,8 @@ def main(argv, environ):
             dryrun = True
         elif letter == "s":
             threshold = core.number(PROG, letter, value, low=-1000)
+        elif letter == "w":
+            trust = core.number(PROG, letter, value, low=-1000)
         elif letter in "AD":
             cdbs[letter] = (value, bounce, failclosed)
         else:
@@ -166,6 +169,7 @@ def main(argv, environ):
     mark = core.flag(environ, "RBLCHECK_MARK", mark)
     dryrun = core.flag(environ, "RBLCHECK_DRYRUN", dryrun)
     threshold = _variable(environ, "RBLCHECK_THRESHOLD", int, threshold)
+    trust = _variable(environ, "RBLCHECK_TRUST", int, trust)
     dns_timeout = _variable(environ, "RBLCHECK_TIMEOUT", core.seconds, dns_timeout)
     client = core.client(environ)
     ov = core.override(environ, "RBLSMTPD")
@@ -198,6 +202,12 @@ def main(argv, environ):
             core.warn(PROG, "unable to look up %s in %s" % (client.ip, value.replace(":", ": ", 1)))
     fields = dict(verdict.why)
     tag = "%s:%s" % (PROG, fields.get("list") or fields.get("why"))
+    # An allow-list hit, or a score at or below -w, trusts; a refusal never does.
+    if verdict.action == "pass" and (fields.get("why") in ("allow", "antilisted") or (
+            trust is not None and "score" in fields and fields["score"] <= trust)):
+        trusted = "%s:%s" % (PROG, fields.get("list") or fields.get("hits") or fields["why"])
+        core.trust(environ, trusted)
+        verdict = core.Verdict("pass", why=verdict.why + (("trust", trusted),))
     if verdict.action == "refuse" and fields.get("why") != "override":
         if dryrun:
             core.log(PROG, client.ip, "dryrun", (("reply", verdict.reply),) + verdict.why)

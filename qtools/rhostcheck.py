@@ -162,7 +162,10 @@ def main(argv, environ):
             if reader is None and opt["c"]:
                 why = (("why", "localfail"), ("file", exceptions))
                 verdict = core.Verdict("refuse", 451, LOCAL_ERROR, why)
-        if opt["h"]:
+        # -b without a name from tcpserver: its own lookup may have failed
+        # rather than found nothing, and a failure is never a 5xx.  Refuse
+        # permanently only after our lookups confirmed there is no name.
+        if opt["h"] or (opt["b"] and not mark and client.host is None):
             from qtools import resolver
 
             resolve = resolver.lazy(environ, servers, dns_timeout)

@@ -110,7 +110,7 @@ def plain_addresses(data):
     domains = dict.fromkeys(re.findall(rb"@([^\n]*)\n", text))
     if len(set(keys)) != len(keys) or not all(map(_hostname, domains)):
         return None
-    return zip(chain(keys, domains), repeat(b""))
+    return zip(chain(keys, domains, [_marker()]), repeat(b""))
 
 
 def addresses(lines, report):
@@ -161,6 +161,14 @@ def addresses(lines, report):
     # refuses unlisted addresses there and leaves other domains to qmail
     for domain in dict.fromkeys(key.rpartition(b"@")[2] for key in seen):
         yield domain, b""
+    yield _marker(), b""
+
+
+def _marker():
+    """The record that says qtools-mkcdb built the list, and so wrote its domain markers."""
+    from qtools.validrcptto import MARKER
+
+    return MARKER
 
 
 def networks(lines, report):

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: ISC
 """tarpit: slow down senders of many recipients, refuse clients that talk first."""
 
-import os
+import posix
 import time
 
 from qtools import core
@@ -75,13 +75,13 @@ def _refuse_early(verdict, ip):
 
     said = b""
     try:
-        said = os.read(0, 512)
+        said = posix.read(0, 512)
     except OSError:
         pass
     core.log(PROG, ip, verdict.reply, verdict.why
              + (("text", said.decode("latin-1")),))
     try:
-        os.write(1, (verdict.reply + "\r\n").encode())
+        posix.write(1, (verdict.reply + "\r\n").encode())
     except OSError:
         return 0
     # Read a little more before closing, so the reply is not lost to a reset.
@@ -91,7 +91,7 @@ def _refuse_early(verdict, ip):
         if not poller.poll(250):
             break
         try:
-            if not os.read(0, 4096):
+            if not posix.read(0, 4096):
                 break
         except OSError:
             break
@@ -160,7 +160,7 @@ def main(argv, environ):
     config, rest = parse(argv, environ)
     client = core.client(environ)
     wish = core.override(environ, OVERRIDE)
-    if client.relay or "WHITELISTED" in environ or wish.action == "skip":
+    if client.relay or core.trusted(environ) or wish.action == "skip":
         return core.chain(PROG, rest, environ)
     if wish.action == "refuse":
         return core.act(PROG, core.from_override(wish), client.ip, rest, environ)

@@ -14,6 +14,11 @@ TOO_MANY = "421 too many invalid addresses, goodbye (#4.3.0)"
 NO_CONTROLS = "451 unable to read controls (#4.3.0)"
 
 LIMIT = 10
+# The record qtools-mkcdb -a writes in every cdb it builds: a key no
+# address can be.  Only such a cdb, whose domain markers say which domains
+# it speaks for, is read relaxed; any other (mkvalidrcptto, cdbmake) is
+# read as the patch reads it.
+MARKER = b"\0qtools-mkcdb -a"
 
 
 def keys(address):
@@ -34,10 +39,11 @@ def keys(address):
 def decide(address, cdb, strict=False, trace=None):
     """Return the Verdict for one recipient address as parse_path gives it.
 
-    A domain with no key in the cdb (neither "@domain" nor the bare
-    "domain" marker qtools-mkcdb writes) passes to qmail-smtpd's own
-    rcpthosts rules, unless strict; an address without a domain never
-    passes unlisted, because qmail-smtpd accepts those for any client.
+    Unless strict (see strict_for), a domain with no key in the cdb
+    (neither "@domain" nor the bare "domain" marker qtools-mkcdb writes)
+    passes to qmail-smtpd's own rcpthosts rules; an address without a
+    domain never passes unlisted, because qmail-smtpd accepts those for
+    any client.  qtools-mkcdb -a -q answers with this function too.
     """
     if address is None:
         return core.Verdict("pass", why=(("why", "syntax"),))  # qmail-smtpd says 555
@@ -61,6 +67,11 @@ def decide(address, cdb, strict=False, trace=None):
     if strict or not domain or cdb.get(domain) is not None:
         return core.Verdict("refuse", 553, NOT_LISTED, (("why", "notfound"),))
     return core.Verdict("pass", why=(("why", "unlisted"),))
+
+
+def strict_for(cdb, strict=False):
+    """Return True when cdb must be read as the patch reads it: -s, or not built by qtools-mkcdb."""
+    return strict or cdb.get(MARKER) is None
 
 
 def text(data):
@@ -135,7 +146,8 @@ def main(argv, environ):
     if skip is None and not path and wish.action == "check":
         skip = "nocdb"
     if skip is not None:
-        if level >= 1:
+        # a relay client is logged at every level: qtools-adaptive never blocks it
+        if level >= 1 or skip == "relayclient":
             core.log(PROG, client.ip, "skip", (("why", skip),))
         return core.chain(PROG, rest, environ)
     check = Check(None, "s" in letters, limit, level)
@@ -146,6 +158,7 @@ def main(argv, environ):
 
         try:
             check.cdb = Reader(path)
+            check.strict = strict_for(check.cdb, check.strict)
         except OSError as error:
             # Our own failure is never a 5xx: pass, or 451 with -t.
             core.warn(PROG, "unable to open %s: %s" % (path, core.strerror(error)))

@@ -88,6 +88,22 @@ class TestOverride:
         assert core.from_override(core.override({"X": "a\tb"}, "X")).reply == "451 a?b"
         assert core.from_override(core.override({"X": "-no"}, "X")).reply == "553 no"
 
+    @pytest.mark.parametrize(
+        ("relay", "environ", "expected"),
+        [
+            (True, {"X": "no"}, ("skip", "relayclient")),
+            (False, {"WHITELISTED": "", "X": "no"}, ("skip", "whitelisted")),
+            (False, {"X": ""}, ("skip", "override")),
+            (False, {"X": "-no"}, ("refuse", "override")),
+            (False, {}, None),
+        ],
+    )
+    def test_step_aside(self, relay, environ, expected):
+        """RELAYCLIENT first, then WHITELISTED, then the override variable."""
+        client = core.Client("192.0.2.7", bytes([192, 0, 2, 7]), relay=relay)
+        verdict = core.step_aside(client, environ, "X")
+        assert (verdict and (verdict.action, dict(verdict.why)["why"])) == expected
+
 
 class TestAddresses:
     """Tests for the address helpers."""
@@ -327,3 +343,38 @@ def test_qtools_exec_forces_a_real_exec(tmp_path, exec_mode, starts):
     done = subprocess.run(argv, env=env, capture_output=True, timeout=30)
     assert done.returncode == 0
     assert interpreter_starts(done.stderr) == starts
+
+
+@pytest.mark.parametrize("program", sorted(core.PROGRAMS) + ["qtools-mkcdb"])
+def test_version_is_the_package_version(program):
+    """Every program answers --version with the one version of the package."""
+    from conftest import run_prog
+    from qtools import __version__
+
+    result = run_prog([program, "--version"])
+    expected = "%s (qtools) %s\n" % (program, __version__)
+    assert (result.rc, result.out, result.err) == (0, expected.encode(), b"")
+
+
+def test_environment_reads_as_os_environ():
+    """main's environment, read without loading os, is os.environ's."""
+    assert core.environment() == dict(os.environ)
+
+
+def test_directory_of_follows_symlinks_as_realpath(tmp_path):
+    """A program reached through a symlink counts as living where the link points."""
+    real, other = tmp_path / "real", tmp_path / "other"
+    real.mkdir()
+    other.mkdir()
+    (real / "greylist").write_text("#!/bin/sh\n")
+    os.symlink(str(real / "greylist"), str(other / "greylist"))
+    os.symlink("../real/greylist", str(other / "relative"))
+    os.symlink(str(real), str(tmp_path / "linkdir"))
+    mine = core._directory_of(str(real / "greylist"))
+    assert mine is not None
+    assert core._directory_of(str(other / "greylist")) == mine
+    assert core._directory_of(str(other / "relative")) == mine
+    assert core._directory_of(str(tmp_path / "linkdir" / "greylist")) == mine
+    assert core._directory_of(str(other / "missing")) == core._directory_of(str(other / "x"))
+    assert core._directory_of(str(other / "greylist")) != core._directory_of(str(other / "x"))
+    assert core._directory_of(str(tmp_path / "nowhere" / "x")) is None

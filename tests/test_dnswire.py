@@ -44,7 +44,7 @@ class TestEncode:
         with pytest.raises(ValueError):
             dnswire.encode_name(name)
 
-    @pytest.mark.parametrize("rdtype", ["A", "AAAA", "TXT", "PTR"])
+    @pytest.mark.parametrize("rdtype", ["A", "AAAA", "TXT", "PTR", "MX"])
     def test_query_is_what_dnspython_reads(self, rdtype):
         """dnspython reads our query as one question of the type asked, recursion desired."""
         message = dns.message.from_wire(dnswire.make_query("2.0.0.127.bl.test", rdtype, 4711))
@@ -56,7 +56,7 @@ class TestEncode:
     def test_unknown_type(self):
         """A type the resolver does not know is an error before anything is sent."""
         with pytest.raises(ValueError):
-            dnswire.make_query("a.test", "MX", 1)
+            dnswire.make_query("a.test", "SRV", 1)
 
 
 class TestParse:
@@ -74,6 +74,9 @@ class TestParse:
             ("7.0.0.127.in-addr.arpa", "PTR", [("7.0.0.127.in-addr.arpa", "PTR", "a\\032b\\.c.test.")],
              ["a\\032b\\.c.test"]),
             ("w.test", "A", [("w.test", "CNAME", "t.test."), ("t.test", "A", "192.0.2.1")], ["192.0.2.1"]),
+            ("m.test", "MX", [("m.test", "MX", "10 Mx.M.test."), ("m.test", "MX", "20 mx2.test.")],
+             [(10, "mx.m.test"), (20, "mx2.test")]),
+            ("n.test", "MX", [("n.test", "MX", "0 .")], [(0, "")]),
             ("w.test", "A", [("w.test", "TXT", '"other type"')], []),
             ("W.Test", "A", [("w.test", "A", "192.0.2.9")], ["192.0.2.9"]),
         ],

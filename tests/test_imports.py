@@ -58,8 +58,9 @@ def files(tmp_path_factory):
     run = run_prog(["qtools-mkcdb", "-a", rcpt, rcpt + ".tmp"], stdin=b"joe@example.com\n")
     assert run.rc == 0, run
     (top / "mail").mkdir()
+    (top / "badmailfrom").write_text("@spam.example\nbad@example.org\n")
     return {"allow": allow, "rcpt": rcpt, "greylist": str(top / "greylist"),
-            "mail": str(top / "mail")}
+            "mail": str(top / "mail"), "badmailfrom": str(top / "badmailfrom")}
 
 
 CLIENT = {"TCPREMOTEIP": "192.0.2.7", "TCPREMOTEHOST": "mail.example.org",
@@ -95,6 +96,10 @@ CASES = [
      {}, b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nQUIT\r\n"),
     ("validrcptto and tarpit, RELAYCLIENT", lambda f: ["validrcptto", "tarpit", "true"],
      {"RELAYCLIENT": ""}, b""),
+    ("mfcheck, MX, RHSBL and SPF asked", lambda f: ["mfcheck", "-T", "2", "-p", "6", "-l", "rhs.test"]
+     + QUIET_SINK + [f["mail"]], {}, SESSION),
+    ("mfcheck, pattern lists read", lambda f: ["mfcheck", "-N", "-b", f["badmailfrom"]]
+     + QUIET_SINK + [f["mail"]], {"MFCHECK_HELO": ""}, SESSION),
     ("whole chain, RELAYCLIENT", lambda f: chain(f), {"RELAYCLIENT": ""}, b"QUIT\r\n"),
     ("whole chain, accepted message through the proxy", lambda f: chain(f), {}, SESSION),
 ]

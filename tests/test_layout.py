@@ -12,13 +12,18 @@ import pytest
 from qtools import core
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Programs that are not chain programs, with their modules.
-OTHERS = {"qtools-mkcdb": "qtools.mkcdb", "qtools-queue": "qtools.queue"}
-PROGRAMS = sorted(core.PROGRAMS) + sorted(OTHERS)
+PROGRAMS = sorted(core.PROGRAMS) + ["qtools-adaptive", "qtools-list", "qtools-mkcdb",
+                                      "qtools-queue", "qtools-report"]
+# qtools.list would read as the builtin's name: the module of qtools-list is listedit.
+MODULES = {"qtools-list": "qtools.listedit"}
 
 
 def module_of(program):
-    return OTHERS.get(program) or core.PROGRAMS[program]
+    if program in MODULES:
+        return MODULES[program]
+    if program.startswith("qtools-"):
+        return "qtools." + program[len("qtools-"):]
+    return core.PROGRAMS[program]
 
 
 def man_synopsis(program):
@@ -99,7 +104,7 @@ def test_example_run_script_chain_is_accepted(tmp_path):
     from conftest import run_prog
 
     chain = [w.replace("/var/qmail/greylist", str(tmp_path)) for w in chain_of_run_script()]
-    assert chain[0] == "rhostcheck" and chain[-1] == "/var/qmail/bin/qmail-smtpd"
+    assert chain[0] == "throttle" and chain[-1] == "/var/qmail/bin/qmail-smtpd"
     chain[-1] = shutil.which("true")
     result = run_prog(chain, env={"TCPREMOTEIP": "192.0.2.7", "RELAYCLIENT": ""})
     assert (result.rc, result.out) == (0, b"")
@@ -125,3 +130,74 @@ def test_example_shell_scripts_parse():
     for name in ("run", "log/run", "demo"):
         done = subprocess.run(["sh", "-n", os.path.join(REPO, "examples", name)], capture_output=True)
         assert done.returncode == 0, (name, done.stderr)
+
+
+def tcpserver_commands(text):
+    """Yield each tcpserver command line of a text, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", text)
+    for line in text.splitlines():
+        at = line.find("tcpserver ")
+        if at >= 0:
+            yield line[at:]
+
+
+def tcpserver_ids(command):
+    """Return the (letter, value) of -u and -g, read with tcpserver's own options."""
+    found = []
+    words = command.split()[1:]
+    while words and words[0].startswith("-") and len(words[0]) > 1:
+        word = words.pop(0)
+        for at, letter in enumerate(word[1:], 1):
+            if letter in "xtugblBcC":  # ucspi-tcp 0.88's options with an argument
+                value = word[at + 1:] or (words.pop(0) if words else "")
+                if letter in "ug":
+                    found.append((letter, value))
+                break
+    return found
+
+
+def documents():
+    """Yield (name, plain text) of the README, the examples and every man page."""
+    names = ["README", "examples/run", "examples/demo"] + [
+        "man/" + p for p in sorted(os.listdir(os.path.join(REPO, "man"))) if p[-2:] in (".7", ".8")]
+    for name in names:
+        with open(os.path.join(REPO, name)) as f:
+            text = f.read()
+        if name.startswith("man/"):
+            text = text.replace("\\-", "-").replace("\\e", "\\").replace("\\(aq", "'")
+        yield name, text
+
+
+def test_run_scripts_give_tcpserver_numeric_ids():
+    """tcpserver reads -u qmaild as 0 (root): every -u and -g is a number or id(1)'s answer."""
+    checked = 0
+    for name, text in documents():
+        ids = set(re.findall(r"^\s*(\w+)=`id -[ug] \w+`", text, re.M))
+        ids |= set(re.findall(r"^\s*(\w+)=\$\(id -[ug] \w+\)", text, re.M))
+        for command in tcpserver_commands(text):
+            for _, value in tcpserver_ids(command):
+                checked += 1
+                value = value.strip('"')
+                assert value.isdigit() or value.lstrip("$").strip("{}") in ids, (name, command)
+    assert checked >= 16  # the README's and every page's run script were seen
+
+
+def test_the_fragment_check_sees_a_name():
+    """The check above fails on the mistake it is for, however the options are written."""
+    bad = 'exec tcpserver -v -x /etc/tcp.smtp.cdb -uqmaild -Rg nofiles 0 smtp \\\n  rhostcheck -g -u\n'
+    assert tcpserver_ids(next(tcpserver_commands(bad))) == [("u", "qmaild"), ("g", "nofiles")]
+
+
+def test_example_run_script_asks_the_allow_list_first():
+    """The first list that decides wins: the DNSWL (-a) comes before the blocklist (-r)."""
+    chain = chain_of_run_script()
+    options = chain[chain.index("rblcheck"):chain.index("greylist")]
+    assert options.index("-a") < options.index("-r")
+
+
+def test_example_crontab_finds_the_installed_programs():
+    """cron's default PATH (/usr/bin:/bin) lacks $PREFIX/bin: the crontab sets one that has it."""
+    with open(os.path.join(REPO, "examples", "crontab")) as f:
+        lines = [line for line in f.read().splitlines() if line and not line.startswith("#")]
+    assert lines[0].startswith("PATH=")
+    assert "/usr/local/bin" in lines[0][5:].split(":")

@@ -6,14 +6,15 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import BASE_PATH, VENV_BIN, run_prog
-from qtools import cdb, mkcdb, netlist, rules
+from conftest import BASE_PATH, REPO, VENV_BIN, run_prog
+from qtools import cdb, mkcdb, netlist, rules, validrcptto
 
 TCPRULES = "/usr/bin/tcprules"
 
@@ -42,6 +43,10 @@ def ours(text, tmp_path, args=(), env=None):
         return done.rc, None, done.err
     with open(target, "rb") as f:
         return 0, f.read(), done.err
+
+
+# The record qtools-mkcdb -a ends every list with: it built the cdb.
+MARK = [(validrcptto.MARKER, b"")]
 
 
 def collect(parser, text):
@@ -237,12 +242,13 @@ class TestParseAddresses:
     def test_records(self, line, records):
         """Each line gives its key, case folded, and its value, then its domain's marker."""
         markers = [(k.partition(b"@")[2], b"") for k, _ in records]
-        assert collect(rules.addresses, line) == (records + markers, [])
+        assert collect(rules.addresses, line) == (records + markers + MARK, [])
 
     def test_domain_markers(self):
-        """Every domain of the list gets one bare key, in order of first mention."""
+        """Every domain of the list gets one bare key, in order of first mention, then the mark."""
         found, _ = collect(rules.addresses, b"a@x.example\n-b@y.example\n@x.example\n@Z.example")
-        assert [k for k, _ in found if b"@" not in k] == [b"x.example", b"y.example", b"z.example"]
+        assert [k for k, _ in found if b"@" not in k] == [b"x.example", b"y.example", b"z.example",
+                                                          validrcptto.MARKER]
 
     @pytest.mark.parametrize(
         "line, problem",
@@ -257,7 +263,7 @@ class TestParseAddresses:
     )
     def test_problems(self, line, problem):
         """Each bad line is reported with what is wrong."""
-        assert collect(rules.addresses, line) == ([], [(1, problem, True)])
+        assert collect(rules.addresses, line) == (MARK, [(1, problem, True)])
 
     @settings(max_examples=400, deadline=None)
     @given(st.lists(st.text("aZ9.-_@#!~ \t\xe9", max_size=14), max_size=4))
@@ -305,12 +311,12 @@ class TestParseAddresses:
         assert records == list(rules.plain_addresses(crlf.replace(b"\r", b"")))
         assert (records, []) == collect(rules.addresses, b"\n".join(mkcdb.lines_of(crlf)))
         assert records == [(b"joe@x.example", b""), (b"@y.example", b""), (b"ann@x.example", b""),
-                           (b"x.example", b""), (b"y.example", b"")]
+                           (b"x.example", b""), (b"y.example", b"")] + MARK
 
     def test_duplicates(self):
         """A repeated key is reported, not fatally, and the first line wins."""
         found, problems = collect(rules.addresses, b"a@x.example\nA@X.example\n-a@x.example")
-        assert found == [(b"a@x.example", b""), (b"x.example", b"")]
+        assert found == [(b"a@x.example", b""), (b"x.example", b"")] + MARK
         assert problems == [
             (2, "a@x.example repeats line 1", False),
             (3, "a@x.example contradicts, and loses to, line 1", False),
@@ -404,7 +410,9 @@ class TestLists:
             assert reader.get(b"@example.net") == b""
         query = run_prog(["qtools-mkcdb", "-a", "-q", "Someone@EXAMPLE.NET", target])
         assert (query.rc, query.out) == (0, b"@example.net\n")
-        assert run_prog(["qtools-mkcdb", "-a", "-q", "x@example.org", target]).rc == 100
+        assert run_prog(["qtools-mkcdb", "-a", "-q", "x@example.com", target]).rc == 100
+        query = run_prog(["qtools-mkcdb", "-a", "-q", "x@example.org", target])
+        assert (query.rc, query.out) == (0, b"# accepted: unlisted\n")
 
     @pytest.mark.parametrize(
         "address, action",
@@ -613,3 +621,98 @@ class TestModes:
         """-q on a missing cdb exits 111."""
         done = run_prog(["qtools-mkcdb", "-q", "k", str(tmp_path / "none.cdb")])
         assert done.rc == 111 and b"fatal: unable to read" in done.err
+
+
+class TestQueryIsTheReadersAnswer:
+    """-q answers what the program reading the cdb decides, asked the same question."""
+
+    ADDRESSES = (b"joe@example.com\nlist-default@example.com\n-list-owner@example.com gone\n"
+                 b"@catchall.org\n")
+    RCPTS = [b"joe@example.com", b"JOE@example.com", b"list-foo@example.com",
+             b"list-foo-bar@example.com", b"list-owner@example.com", b"list@example.com",
+             b"postmaster@example.com", b"Postmaster", b"nobody@example.com",
+             b"x@catchall.org", b"x@elsewhere.net", b"a%b@example.com"]
+
+    def program_codes(self, tmp_path, path):
+        """Return validrcptto's reply code to each of RCPTS, one session."""
+        maildir = tmp_path / "mail"
+        maildir.mkdir(exist_ok=True)
+        session = b"HELO me\r\nMAIL FROM:<a@b.example>\r\n" + b"".join(
+            b"RCPT TO:<%s>\r\n" % rcpt for rcpt in self.RCPTS) + b"QUIT\r\n"
+        env = {"TCPREMOTEIP": "192.0.2.7", "VALIDRCPTTO_CDB": path, "VALIDRCPTTO_LIMIT": "0"}
+        result = run_prog(["validrcptto", sys.executable, os.path.join(REPO, "examples", "smtpsink"),
+                           str(maildir)], env, session)
+        replies = [line[:3] for line in result.out.split(b"\r\n") if line[3:4] == b" "]
+        return replies[3:-1]
+
+    def query_codes(self, path):
+        codes = []
+        for rcpt in self.RCPTS:
+            done = run_prog(["qtools-mkcdb", "-a", "-q", rcpt.decode(), path])
+            assert done.rc in (0, 100), done
+            codes.append(b"250" if done.rc == 0 else b"553")
+        return codes
+
+    def test_addresses_as_validrcptto_decides(self, tmp_path):
+        """The -default walk, postmaster, refusals and unlisted domains: -q agrees with validrcptto."""
+        target = str(tmp_path / "list.cdb")
+        assert run_prog(["qtools-mkcdb", "-a", target, target + ".tmp"], stdin=self.ADDRESSES).rc == 0
+        assert self.query_codes(target) == self.program_codes(tmp_path, target)
+        assert self.query_codes(target).count(b"553") == 4
+        found = run_prog(["qtools-mkcdb", "-a", "-q", "list-foo-bar@example.com", target])
+        assert (found.rc, found.out) == (0, b"list-default@example.com\n")
+        refused = run_prog(["qtools-mkcdb", "-a", "-q", "list-owner@example.com", target])
+        assert (refused.rc, refused.out) == (100, b"-list-owner@example.com gone\n")
+        postmaster = run_prog(["qtools-mkcdb", "-a", "-q", "postmaster@example.com", target])
+        assert (postmaster.rc, postmaster.out) == (0, b"# accepted: postmaster\n")
+
+    def test_a_cdb_built_by_cdbmake_is_answered_as_the_patch_reads_it(self, tmp_path):
+        """A cdb without qtools-mkcdb's record: an address at an unlisted domain is refused by both."""
+        target = str(tmp_path / "theirs.cdb")
+        data = b"".join(b"+%d,%d:%s->%s\n" % (len(k), len(v), k, v) for k, v in [
+            (b"joe@example.com", b""), (b"list-default@example.com", b""),
+            (b"list-owner@example.com", b"-"), (b"@catchall.org", b"")]) + b"\n"
+        subprocess.run(["cdbmake", target, target + ".tmp"], input=data, check=True)
+        assert self.query_codes(target) == self.program_codes(tmp_path, target)
+        assert run_prog(["qtools-mkcdb", "-a", "-q", "x@elsewhere.net", target]).rc == 100
+
+    @pytest.mark.parametrize("query, line, ips", [
+        ("198.51.100.0/25", b"198.51.100.0/24 partner\n", ["198.51.100.1", "198.51.100.127"]),
+        ("198.51.100.128/26", b"198.51.100.0/24 partner\n", ["198.51.100.129"]),
+        ("198.51.100.7", b"198.51.100.0/24 partner\n", ["198.51.100.7"]),
+        ("198.51.100.0/23", b"", ["198.51.100.1", "198.51.101.1"]),
+        ("203.0.113.9", b"203.0.113.9/32\n", ["203.0.113.9"]),
+    ])
+    def test_networks_as_rblcheck_allows(self, tmp_path, query, line, ips):
+        """A network's answer is the entry every one of its addresses falls under in rblcheck -A."""
+        target = str(tmp_path / "allow.cdb")
+        text = b"198.51.100.0/24 partner\n203.0.113.9\n=.example.net\n"
+        assert run_prog(["qtools-mkcdb", "-n", target, target + ".tmp"], stdin=text).rc == 0
+        done = run_prog(["qtools-mkcdb", "-n", "-q", query, target])
+        assert (done.rc, done.out) == ((0 if line else 100), line)
+        for ip in ips:
+            env = {"TCPREMOTEIP": ip, "QTOOLS_RESOLVER": "127.0.0.1:9"}
+            run = run_prog(["rblcheck", "-T", "0.2", "-A", target, "-r", "x.invalid", "true"], env)
+            key = line.split(b" ")[0].strip()
+            assert (b"why=allow key=%s\n" % key in run.err) == bool(line), run.err
+
+
+def test_stale_rebuilds_a_list_without_the_mark_once(tmp_path):
+    """-s -a rebuilds a cdb an earlier version built (no mark) even when its text did not change."""
+    text, target = tmp_path / "validrcptto", tmp_path / "validrcptto.cdb"
+    text.write_bytes(b"joe@example.com\n")
+    assert run_prog(["qtools-mkcdb", "-s", "-a", str(text), str(target)]).rc == 0
+    with cdb.Reader(str(target)) as reader:
+        assert reader.get(validrcptto.MARKER) == b""
+    with open(str(target), "wb") as f:  # what 0.1.0 wrote: the records without the mark
+        writer = cdb.Writer(f)
+        writer.add(b"joe@example.com")
+        writer.add(b"example.com")
+        writer.finish()
+    stamp = os.stat(str(text)).st_mtime_ns
+    os.utime(str(target), ns=(stamp, stamp))
+    assert run_prog(["qtools-mkcdb", "-s", "-v", "-a", str(text), str(target)]).err.startswith(
+        b"qtools-mkcdb: info: rebuilt")
+    with cdb.Reader(str(target)) as reader:
+        assert reader.get(validrcptto.MARKER) == b""
+    assert run_prog(["qtools-mkcdb", "-s", "-v", "-a", str(text), str(target)]).err == b""

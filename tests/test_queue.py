@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: ISC
 """qtools-queue: decide() table, the spamd and clamd clients against fake servers, the program.
 
-The tests against a real spamd and clamd are in e2e/test_queue.py.
+The tests against a real spamd and clamd are in e2e/test_content_filter.py.
 """
 
 import os

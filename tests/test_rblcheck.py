@@ -342,6 +342,22 @@ class TestTranscripts:
                      env_for(dns, "127.0.0.5", RBLCHECK_MARK="1"))
         assert r.out == b"rblcheck:w.test\n"
 
+    @pytest.mark.parametrize(
+        ("argv", "ip", "trusted"),
+        [
+            (["-a", "al.test"], "127.0.0.4", b"rblcheck:al.test"),
+            (["-l", "w.test*-1", "-w", "-1"], "127.0.0.5", b"rblcheck:w.test"),
+            (["-l", "w.test*-1"], "127.0.0.5", b""),
+            (["-l", "w.test*-1", "-w", "-2"], "127.0.0.5", b""),
+            (["-m", "-r", "bl.test", "-w", "5"], "127.0.0.2", b""),
+        ],
+    )
+    def test_trust(self, dns, argv, ip, trusted):
+        """An allow-list hit, or a score at or below -w, sets $QTOOLS_TRUSTED; a mark never does."""
+        r = run_prog(["rblcheck"] + argv + ["sh", "-c", "echo $QTOOLS_TRUSTED"], env_for(dns, ip))
+        assert r.out == trusted + b"\n"
+        assert (b" trust=" + trusted in r.err) == bool(trusted)
+
     def test_dry_run_only_logs(self, dns):
         """-n runs prog and logs what the reply would have been."""
         r = run_prog(["rblcheck", "-n", "-r", "bl.test", "echo", "ran"], env_for(dns, "127.0.0.2"))

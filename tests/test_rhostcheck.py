@@ -298,6 +298,32 @@ class TestTranscripts:
                      {"TCPREMOTEIP": "127.0.0.6"}, b"rcpt to:<x@y>\r\n")
         assert b"451 temporary reverse DNS lookup error (#4.4.3)\r\n" in r.out
 
+    @pytest.mark.parametrize(
+        ("ip", "out", "err"),
+        [("127.0.0.4", b"553 bad reverse DNS: 127.0.0.4 has no forward-confirmed name (#5.7.25)\r\n",
+          b"why=nordns"),
+         ("127.0.0.3", b"553 bad reverse DNS: 127.0.0.3 has no forward-confirmed name (#5.7.25)\r\n",
+          b"why=nordns"),
+         ("127.0.0.6", b"ran\n", b"warning: unable to confirm the name of 127.0.0.6: timeout"),
+         ("127.0.0.2", b"ran good.example\n", b"pass host=good.example")],
+    )
+    def test_b_without_a_name_looks_it_up_before_a_553(self, dns, ip, out, err):
+        """tcpserver -p leaves no name when its lookup failed too: -b asks again, 553 only for no name."""
+        r = run_prog(["rhostcheck", "-b", "-T", "0.5", "-S", dns.address,
+                      "sh", "-c", "echo ran $TCPREMOTEHOST"],
+                     {"TCPREMOTEIP": ip}, b"rcpt to:<x@y>\r\nquit\r\n")
+        assert out in r.out and err in r.err, r
+        assert b"\r\n5" not in r.out or b"why=nordns" in r.err
+
+    def test_b_with_a_name_or_in_mark_mode_asks_nothing(self, dns):
+        """A name from tcpserver, or -m, needs no lookup of our own."""
+        asked = len(dns.questions)
+        for env, argv in [({"TCPREMOTEHOST": "mx.example"}, ["-b"]), ({}, ["-b", "-m"])]:
+            r = run_prog(["rhostcheck"] + argv + ["-S", dns.address, "echo", "ran"],
+                         dict({"TCPREMOTEIP": "127.0.0.4"}, **env))
+            assert r.out == b"ran\n"
+        assert len(dns.questions) == asked
+
 
 def send(server, source):
     """Send one message from source; return the reply code to RCPT."""

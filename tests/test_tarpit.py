@@ -176,10 +176,11 @@ class TestProgram:
 
     @pytest.mark.parametrize(
         "env",
-        [{"RELAYCLIENT": ""}, {"WHITELISTED": "1"}, {"QTOOLS_TARPIT": ""}, {"TARPITCOUNT": "0"}],
+        [{"RELAYCLIENT": ""}, {"WHITELISTED": "1"}, {"QTOOLS_TRUSTED": "rblcheck:al.test"},
+         {"QTOOLS_TARPIT": ""}, {"TARPITCOUNT": "0"}],
     )
     def test_steps_aside(self, maildir, env):
-        """Relay clients, whitelisted clients, the empty override and TARPITCOUNT=0 start no proxy."""
+        """Relay, whitelisted and trusted clients, the empty override and TARPITCOUNT=0 start no proxy."""
         env = dict({"TCPREMOTEIP": "192.0.2.7", "TARPITCOUNT": "1", "TARPITDELAY": "30"}, **env)
         result, wall, _ = timed(["tarpit"] + sink_cmd(maildir), env, RCPTS)
         assert wall < 20 and b"tarpit:" not in result.err

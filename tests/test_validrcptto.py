@@ -210,6 +210,8 @@ class TestProgram:
         """With RELAYCLIENT set nothing is checked and no proxy runs."""
         result = self.run(maildir, {"VALIDRCPTTO_CDB": vcdb, "RELAYCLIENT": ""})
         assert b"\r\n553 " not in result.out and b"end why" not in result.err
+        # logged at every level, so that qtools-adaptive never blocks a relay client
+        assert b"validrcptto: 192.0.2.7 pid x: skip why=relayclient\n" in result.err
 
     def test_no_cdb(self, maildir):
         """Without $VALIDRCPTTO_CDB every recipient passes."""
@@ -335,3 +337,55 @@ class TestEndToEnd:
         assert "553 sorry" in out
         (message,) = read_maildir(maildir)
         assert b"X-Sink-To: <joe@example.com>\r\nX-Sink-To: <anyone@catchall.org>\r\n" in message
+
+
+# --- a cdb qtools-mkcdb did not build: read as the patch reads it ------------
+
+
+def cdbmake(path, records):
+    """Build a cdb with djb's cdbmake (Debian freecdb), as mkvalidrcptto's users do."""
+    import shutil
+
+    if shutil.which("cdbmake") is None:
+        pytest.fail("cdbmake is not installed: run make test, which installs freecdb")
+    data = b"".join(b"+%d,%d:%s->%s\n" % (len(k), len(v), k, v) for k, v in records) + b"\n"
+    subprocess.run(["cdbmake", str(path), str(path) + ".tmp"], input=data, check=True)
+    return str(path)
+
+
+# What mkvalidrcptto writes: addresses, -default addresses, @domain catch-alls.
+MKVALIDRCPTTO = [(b"joe@example.com", b""), (b"list-default@example.com", b""),
+                 (b"@catchall.org", b""), (b"owner@example.com", b"-")]
+
+
+class TestPatchCdb:
+    """validrcptto on a validrcptto.cdb built by cdbmake from mkvalidrcptto-style input."""
+
+    RCPTS = [(b"joe@example.com", b"250"), (b"list-foo@example.com", b"250"),
+             (b"anyone@catchall.org", b"250"), (b"postmaster@example.com", b"250"),
+             (b"nobody@example.com", b"553"), (b"owner@example.com", b"553"),
+             (b"x@elsewhere.net", b"553")]
+
+    def test_unknown_addresses_are_refused_at_listed_and_unlisted_domains(self, tmp_path, maildir):
+        """Not found = 553, whatever the domain, as under the patch with no option."""
+        path = cdbmake(tmp_path / "validrcptto.cdb", MKVALIDRCPTTO)
+        session = b"HELO me\r\nMAIL FROM:<a@b.example>\r\n" + b"".join(
+            b"RCPT TO:<%s>\r\n" % rcpt for rcpt, _ in self.RCPTS) + b"QUIT\r\n"
+        env = {"TCPREMOTEIP": "192.0.2.7", "VALIDRCPTTO_CDB": path, "VALIDRCPTTO_LIMIT": "0"}
+        result = run_prog(["validrcptto"] + sink_cmd(maildir), env, session)
+        assert codes(result.out)[3:-1] == [code for _, code in self.RCPTS]
+        assert b"rcpt=x@elsewhere.net why=notfound" in result.err
+
+    def test_only_a_cdb_qtools_mkcdb_built_is_read_relaxed(self, tmp_path):
+        """The relaxed reading needs qtools-mkcdb's record, whatever keys the cdb holds."""
+        from qtools.cdb import Reader
+
+        theirs = cdbmake(tmp_path / "theirs.cdb", MKVALIDRCPTTO + [(b"example.com", b"")])
+        ours = build(tmp_path / "ours.cdb", b"joe@example.com\n")
+        with Reader(theirs) as reader:
+            assert validrcptto.strict_for(reader) is True
+            assert validrcptto.decide(b"x@elsewhere.net", reader, True).action == "refuse"
+        with Reader(ours) as reader:
+            assert validrcptto.strict_for(reader) is False
+            assert validrcptto.strict_for(reader, strict=True) is True
+            assert reader.get(validrcptto.MARKER) == b""

@@ -1,0 +1,110 @@
+# SPDX-License-Identifier: ISC
+"""mfcheck's proxy filter: each MAIL judged by mfcheck.decide(), its refusal said at RCPT
+to all but the exempt recipients, recipients capped, the protocol watched."""
+
+import time
+
+from qtools import core
+from qtools.mfcheck import PROG, PROTOCOL, TOO_MANY, decide
+
+
+def exempt(address, entries):
+    """Return the entry of the exemption list a recipient matches, or None."""
+    local, at, domain = address.lower().rpartition("@")
+    if not at:
+        local = domain
+    for entry in entries:
+        entry = entry.lower()
+        if entry in (address.lower(), local + "@", "@" + domain) and entry != "@":
+            return entry
+    return None
+
+
+def text(data):
+    """Return bytes from the wire as text for the log and the tests."""
+    return data.decode("latin-1")
+
+
+class MailCheck:
+    """The proxy filter: judge each MAIL, refuse at RCPT (sparing the exempt), cap recipients."""
+
+    def __init__(self, config, asker, clock=time.time):
+        from qtools.helocheck import Protocol
+
+        self.config, self.asker, self.clock = config, asker, clock
+        self.pending = None  # a refusal owed to the recipients of this transaction
+        self.in_message = self.in_connection = 0
+        self.protocol = Protocol(config.protocol)
+
+    def command(self, session, verb, line):
+        if session.authenticated:
+            return None  # SMTP AUTH steps aside, as RELAYCLIENT does
+        found = self.protocol.command(verb)
+        if found is not None:
+            why = (("why", found[0]), ("detail", found[1]))
+            if found[0] in self.config.protocol_refuse:
+                session.log(PROTOCOL, why)
+                return (PROTOCOL + "\r\n").encode()
+            core.mark(session.environ, "%s:%s" % (PROG, found[0]))
+            session.log("mark", why)
+        if verb == b"mail":
+            return self.mail(session, line)
+        if verb == b"rcpt":
+            return self.rcpt(session, line)
+        if verb in (b"rset", b"helo", b"ehlo"):
+            self.pending, self.in_message = None, 0
+        return None
+
+    def reply(self, session, verb, lines):
+        self.protocol.reply(verb)
+        if verb == b"mail" and lines[0][:1] != b"2":
+            self.pending = None  # no transaction: nothing owed
+        return None
+
+    def mail(self, session, line):
+        from qtools.address import parse_path
+
+        self.pending, self.in_message = None, 0
+        address = parse_path(line)
+        if address is None:
+            return None  # qmail-smtpd refuses it itself
+        config = self.config
+        helo = None if session.helo is None else text(session.helo)
+        if config.refusal is not None:
+            verdict = core.Verdict(config.refusal.action, config.refusal.code, config.refusal.text,
+                                   (("from", text(address)),) + config.refusal.why)
+        else:
+            whitelisted = core.trusted(session.environ)
+            verdict = decide(text(address), helo, session.client, config, self.asker(),
+                             self.clock(), whitelisted)
+        if verdict.action == "refuse":
+            session.log(verdict.reply, verdict.why)
+            if not config.exempt:
+                return (verdict.reply + "\r\n").encode("ascii", "replace")
+            self.pending = verdict  # said to each recipient not exempt
+            return None
+        if verdict.action == "mark":
+            for tag in dict(verdict.why)["tags"].split(","):
+                core.mark(session.environ, tag)
+        session.log(verdict.action, verdict.why)
+        return None
+
+    def rcpt(self, session, line):
+        from qtools.address import parse_path
+
+        config = self.config
+        address = parse_path(line)
+        shown = text(address if address is not None else line)
+        if self.pending is not None:
+            entry = exempt(shown, config.exempt) if address is not None else None
+            if entry is None:
+                return (self.pending.reply + "\r\n").encode("ascii", "replace")
+            session.log("pass", (("rcpt", shown), ("why", "exempt"), ("entry", entry)))
+        for count, cap, why in ((self.in_message, config.max_rcpt, "maxrcpt"),
+                                (self.in_connection, config.max_rcpt_conn, "maxrcptconn")):
+            if cap and count >= cap:
+                session.log(TOO_MANY, (("rcpt", shown), ("why", why), ("count", count)))
+                return (TOO_MANY + "\r\n").encode()
+        self.in_message += 1
+        self.in_connection += 1
+        return None
