@@ -59,34 +59,36 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def spool(source, fd):
-    """Copy source to fd until EOF; return the number of bytes."""
-    size = 0
+def _chunks(source, what):
+    """Yield what fd source holds, chunk by chunk, to its EOF; raise ReadError naming what."""
     while True:
         try:
             data = os.read(source, CHUNK)
         except OSError as error:
-            raise ReadError("the message", error) from None
+            raise ReadError(what, error) from None
         if not data:
-            return size
+            return
+        yield data
+
+
+def spool(source, fd):
+    """Copy source to fd until EOF; return the number of bytes."""
+    size = 0
+    for data in _chunks(source, "the message"):
         write_all(fd, data)
         size += len(data)
+    return size
 
 
 def read_envelope(source):
     """Read fd source to EOF (the envelope; qmail-smtpd closes it when done)."""
     parts, total = [], 0
-    while True:
-        try:
-            data = os.read(source, CHUNK)
-        except OSError as error:
-            raise ReadError("the envelope", error) from None
-        if not data:
-            return b"".join(parts)
+    for data in _chunks(source, "the envelope"):
         total += len(data)
         if total > ENVELOPE_LIMIT:
             raise EnvelopeError(91, "envelope longer than %d bytes" % ENVELOPE_LIMIT)
         parts.append(data)
+    return b"".join(parts)
 
 
 def parse_envelope(data):

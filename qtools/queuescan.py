@@ -44,7 +44,8 @@ def run(environ):
         fd = queuemsg.tmpfile(p.tmpdir)
         size = queuemsg.spool(0, fd)
         data = queuemsg.read_envelope(1)
-    except queuemsg.EnvelopeError as error:
+    except queuemsg.EnvelopeError as error:  # too long: read the rest, queue nothing
+        _drain(1)
         core.fatal(PROG, error.text)
         return error.code
     except OSError as error:
