@@ -57,7 +57,9 @@ class FakeQmail:
 
     def _command(self, line):
         self.commands.append(line)
-        verb = line.split(b" ", 1)[0].lower()
+        # commands.c: the line is a C string (a NUL ends it), the verb ends
+        # at the first space.
+        verb = line.split(b"\0", 1)[0].split(b" ", 1)[0].lower()
         if verb in self.answers:
             return self.answers[verb]
         if verb == b"ehlo":

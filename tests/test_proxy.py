@@ -29,10 +29,10 @@ class Recorder(proxy.Filter):
         self.passed = []
         self.replies = []
 
-    def command(self, session, verb, line):
-        if verb == b"rcpt" and b"bad" in line:
+    def command(self, session, verb, cmd):
+        if verb == b"rcpt" and b"bad" in cmd.line:
             return b"553 sorry, bad (#5.7.1)\r\n"
-        self.passed.append(line)
+        self.passed.append(cmd.line)
         return None
 
     def reply(self, session, verb, lines):
@@ -82,15 +82,16 @@ class TestFraming:
         assert backend.messages == [b"Subject: x\r\n\r\nbody\r\n.\r\n"]
 
     def test_rejected_rcpt_mid_pipeline(self):
-        """A filter's refusal waits behind the backend's outstanding replies and is never forwarded."""
+        """A pipelined command is filtered once the earlier ones are answered; a refusal is never forwarded."""
         engine, _ = make()
         backend = FakeQmail()
         engine.server_data(backend.greeting)
         engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<bad@d>\r\nRCPT TO:<e@f>\r\n")
         assert bytes(engine.to_client) == b"220 fake.local ESMTP\r\n"
-        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\nRCPT TO:<e@f>\r\n"
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\n"
         engine.server_data(b"250 ok\r\n")
         assert bytes(engine.to_client).endswith(b"250 ok\r\n553 sorry, bad (#5.7.1)\r\n")
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\nRCPT TO:<e@f>\r\n"
         engine.server_data(b"250 ok\r\n")
         assert bytes(engine.to_client).endswith(b"553 sorry, bad (#5.7.1)\r\n250 ok\r\n")
 
@@ -139,9 +140,11 @@ class TestFraming:
         engine, _ = make()
         engine.server_data(b"220 hi\r\n")
         engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n")
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\n"
+        engine.server_data(b"250 ok\r\n250 ok\r\n")
         assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
         del engine.to_server[:]
-        engine.server_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        engine.server_data(b"354 go\r\n")
         assert bytes(engine.to_server) == b"x\r\n.\r\n"
 
     @pytest.mark.parametrize("body", [b"a\n.\nb\r\n.\r\n", b"a\n.\r\nb\r\n.\r\n", b"a\nb\r\n.\r\n"])
@@ -196,13 +199,26 @@ class TestFraming:
         assert len(engine.cin) < 2 * proxy.MAX_LINE
         assert (proxy.TOO_LONG[:-2].decode(), (("why", "toolong"),)) in [a[2:] for a in logs]
 
-    def test_line_at_limit_passes(self):
-        """A line of exactly max_line bytes before its LF still passes."""
-        engine, _ = make(max_line=20)
-        engine.client_data(b"NOOP " + b"x" * 14 + b"\r\n")
-        assert len(engine.to_server) == 21
-        engine.client_data(b"NOOP " + b"x" * 15 + b"\r\n")
-        assert len(engine.to_server) == 21 and engine.queue[-1].reply == proxy.TOO_LONG
+    @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+    @pytest.mark.parametrize("max_line", [20, proxy.MAX_LINE])
+    def test_line_at_limit_passes(self, ending, max_line):
+        """max_line bytes pass and one more is refused, whether the line ends in LF or CR LF, whole or cut before its LF."""
+        engine, _ = make(max_line=max_line)
+        engine.server_data(b"220 hi\r\n")
+        at_limit = b"NOOP " + b"x" * (max_line - 5)
+        engine.client_data(at_limit + ending)
+        assert bytes(engine.to_server) == at_limit + ending
+        engine.server_data(b"250 ok\r\n")
+        engine.client_data(at_limit + b"y" + ending)
+        assert bytes(engine.to_client).endswith(b"250 ok\r\n" + proxy.TOO_LONG)
+        engine.client_data(at_limit + ending[:-1])  # the LF comes later
+        engine.client_data(b"\n")
+        assert bytes(engine.to_server) == (at_limit + ending) * 2
+        engine.server_data(b"250 ok\r\n")
+        engine.client_data(at_limit + b"y" + ending[:-1])
+        engine.client_data(b"\n")
+        assert bytes(engine.to_client).endswith(b"250 ok\r\n" + proxy.TOO_LONG)
+        assert len(engine.to_server) == 2 * len(at_limit + ending)
 
     def test_bdat_not_forwarded(self):
         """BDAT is answered 502 by the proxy, so no backend enters chunk mode."""
@@ -262,7 +278,7 @@ class TestReplies:
     def test_filter_421_closes_after_earlier_replies(self):
         """A filter's 421 is sent after the replies owed before it, then the connection closes."""
         class Limit(proxy.Filter):
-            def command(self, session, verb, line):
+            def command(self, session, verb, cmd):
                 return b"421 go away (#4.3.0)\r\n" if verb == b"rcpt" else None
 
         engine, _ = make([("limit", Limit())])
@@ -317,7 +333,7 @@ class TestReplies:
     def test_reply_without_line_end(self):
         """A filter reply without CR LF gets one, so the client is not left waiting."""
         class Terse(proxy.Filter):
-            def command(self, session, verb, line):
+            def command(self, session, verb, cmd):
                 return b"550 no"
 
         engine, _ = make([("terse", Terse())])
@@ -350,7 +366,7 @@ class TestReplies:
             def __init__(self, name):
                 self.name = name
 
-            def command(self, session, verb, line):
+            def command(self, session, verb, cmd):
                 seen.append((self.name, session.prog, "command"))
 
             def reply(self, session, verb, lines):
@@ -365,7 +381,7 @@ class TestReplies:
     def test_broken_filter_fails_open(self, capfd):
         """A filter that raises is logged and the command passes."""
         class Broken(proxy.Filter):
-            def command(self, session, verb, line):
+            def command(self, session, verb, cmd):
                 raise ValueError("oops")
 
         engine, _ = make([("broken", Broken())])
