@@ -250,6 +250,22 @@ class TestOneReading:
         assert out.endswith(b"451 greylisted, try again in 300 seconds (#4.7.1)\r\n"), out
         assert commands == lines[:3]
 
+    @pytest.mark.parametrize("pipelined", [True, False])
+    def test_greylist_pipelined_bounce(self, pipelined, tmp_path):
+        """Finding 3: a bounce sent in one write is judged on its recipients like one sent step by step."""
+        store = tmp_path / "triplets"
+        store.mkdir()
+        lines = [b"EHLO x", b"MAIL FROM:<>", b"RCPT TO:<ok@example.test>",
+                 b"RCPT TO:<other@example.test>", b"DATA", b"Subject: x", b"", b"body", b"."]
+        argv = ["greylist", "-T", str(store)]
+        if pipelined:
+            out, commands = self.converse(argv, {}, b"".join(l + b"\r\n" for l in lines), tmp_path)
+        else:
+            out, commands = self.step_by_step(argv, lines[:5], tmp_path)
+        assert b"354" not in out
+        assert b"451 greylisted, try again in 300 seconds (#4.7.1)\r\n" in out
+        assert commands[:4] == lines[:4] and b"DATA" not in commands
+
     def step_by_step(self, argv, lines, tmp_path):
         """Send each line after the reply to the one before; return (output, commands the backend read)."""
         raw = tmp_path / "raw-steps"
