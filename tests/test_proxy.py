@@ -433,6 +433,121 @@ class TestStarttls:
         engine.client_data(b"STARTTLS\r\n")
         assert bytes(engine.to_client).endswith(proxy.TLS_READY) and engine.tls_pending
 
+    @pytest.mark.parametrize("behind", ["backend", "tarpit"])
+    @pytest.mark.parametrize("segments", [1, 3, "bytes"])
+    def test_injection_before_and_after_220(self, behind, segments):
+        """Finding 4: plaintext sent while the 220 waits (behind backend or held replies) or after it never runs."""
+        class Hold(proxy.Filter):
+            def reply(self, session, verb, lines):
+                if verb == b"rcpt":
+                    session.hold(5)
+
+        clock = Clock()
+        engine, session = make([("hold", Hold())], tls=True, clock=clock)
+        backend = FakeQmail()
+        engine.server_data(backend.greeting)
+        if behind == "backend":
+            start = b"EHLO a\r\n" + b"NOOP\r\n" * 50 + b"STARTTLS\r\n"
+        else:
+            start = b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nSTARTTLS\r\n"
+        injected = b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@x>\r\nDATA\r\n"
+
+        def pieces(data):
+            if segments == "bytes":
+                return [data[i : i + 1] for i in range(len(data))]
+            size = -(-len(data) // segments)
+            return [data[i : i + size] for i in range(0, len(data), size)]
+
+        owed = bytearray()  # the backend's replies the engine has not heard yet
+
+        def answer(lines):
+            for _ in range(lines):  # hand over one reply line at a time
+                owed.extend(backend.feed(bytes(engine.to_server)))
+                del engine.to_server[:]
+                end = owed.find(b"\n") + 1
+                if end:
+                    line = bytes(owed[:end])
+                    del owed[:end]
+                    engine.server_data(line)
+
+        for piece in pieces(start):
+            engine.client_data(piece)
+        answer(6)  # some replies are in, STARTTLS still waits behind the others
+        assert not engine.tls_pending
+        for piece in pieces(injected):
+            engine.client_data(piece)
+        answer(100)
+        if behind == "tarpit":
+            assert not engine.tls_pending and engine.deadline() == clock.now + 5
+            for piece in pieces(b"RSET\r\n" + injected):  # while the hold lasts
+                engine.client_data(piece)
+            clock.now += 5
+            engine.tick()
+        assert bytes(engine.to_client).endswith(proxy.TLS_READY) and engine.tls_pending
+        for piece in pieces(b"QUIT\r\n" + injected):  # after the 220, before the handshake
+            engine.client_data(piece)
+        engine.tls_started()
+        answer(1)
+        engine.client_data(b"EHLO b\r\nNOOP\r\n")  # what TLS decrypts
+        answer(10)
+        before = [b"NOOP"] * 50 if behind == "backend" else [b"MAIL FROM:<a@b>", b"RCPT TO:<c@d>"]
+        assert backend.commands == [b"EHLO a"] + before + [b"RSET", b"EHLO b", b"NOOP"]
+        assert session.tls and not engine.cin
+
+    @pytest.mark.parametrize("when", ["same-write", "held", "after"])
+    def test_injection_with_real_tls(self, when, tmp_path, vcdb, certificate):
+        """Finding 4 through proxyio and a real handshake: injected plaintext never reaches the backend."""
+        cert, key = certificate
+        raw = tmp_path / "raw"
+        chain = ["tarpit", "-c", "1", "-t", "2"] if when == "held" else []
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen(
+            [os.path.join(VENV_BIN, "validrcptto")] + chain + [sys.executable, HELPER, str(raw)],
+            stdin=theirs, stdout=theirs, stderr=subprocess.PIPE,
+            env=base_env(env_for(vcdb, QTOOLS_TLS_CERT=cert, QTOOLS_TLS_KEY=key)))
+        theirs.close()
+        ours.settimeout(20)
+        injected = b"MAIL FROM:<evil@x>\r\nRCPT TO:<ok@example.com>\r\nDATA\r\nevil\r\n.\r\n"
+        if when == "held":
+            start = b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ok@example.com>\r\nSTARTTLS\r\n"
+        else:
+            start = b"EHLO a\r\n" + b"NOOP\r\n" * 200 + b"STARTTLS\r\n"
+        if when == "same-write":
+            ours.sendall(start + injected)
+        else:
+            ours.sendall(start)
+        if when == "held":
+            for i in range(0, len(injected), 20):  # several segments while the 220 waits
+                time.sleep(0.2)
+                ours.sendall(injected[i : i + 20])
+        got = b""
+        while not got.endswith(proxy.TLS_READY):
+            block = ours.recv(65536)
+            assert block, got[-300:]
+            got += block
+        context = ssl.create_default_context(cafile=cert)
+        if when == "after":
+            ours.sendall(injected)  # plaintext after the 220: the handshake fails
+            with pytest.raises((ssl.SSLError, OSError)):
+                context.wrap_socket(ours, server_hostname="localhost").sendall(b"EHLO b\r\n")
+        else:
+            tls = context.wrap_socket(ours, server_hostname="localhost")
+            secure = tls.makefile("rb")
+            tls.sendall(b"EHLO b\r\n")
+            assert read_reply(secure).startswith(b"250")
+            tls.sendall(b"QUIT\r\n")
+            assert read_reply(secure).startswith(b"221")
+            tls.close()
+        ours.close()
+        err = process.communicate(timeout=20)[1]
+        assert b"/qtools/" not in err, err  # the stand-in may die of a reset; the proxy never
+        commands = FakeQmail()
+        commands.feed(raw.read_bytes())
+        assert not any(b"evil" in c for c in commands.commands), commands.commands
+        assert commands.messages == []
+        if when != "after":
+            assert commands.commands[-3:] == [b"RSET", b"EHLO b", b"QUIT"]
+
     def test_starttls_with_parameter(self):
         """STARTTLS with a parameter gets 501 and no TLS."""
         engine, _ = make(tls=True)
