@@ -474,7 +474,13 @@ class Engine:
 
     def wants_input(self):
         """Return True while more client bytes may be taken (backpressure)."""
-        return not self.closing and len(self.to_server) < HIGH_WATER and len(self.cin) < HIGH_WATER
+        return (not self.closing and len(self.to_server) < HIGH_WATER
+                and len(self.cin) < HIGH_WATER and len(self.queue) < MAX_OWED)
+
+    def buffered(self):
+        """Return how many bytes the engine holds: input, output and the replies it owes."""
+        return (len(self.cin) + len(self.sin) + len(self.to_server) + len(self.to_client)
+                + sum(len(entry.reply or b"") for entry in self.queue))
 
     def owes(self):
         """Return True while the client waits for a reply."""

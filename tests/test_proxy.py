@@ -401,6 +401,48 @@ class TestReplies:
         assert engine.finished()
 
 
+class TestMemory:
+    """Every buffer is bounded, replies the tarpit holds included."""
+
+    def test_pipelining_behind_a_held_reply(self):
+        """Finding 7: NOOPs pipelined behind a held reply stop being read; nothing grows; all are answered in turn."""
+        class Hold(proxy.Filter):
+            def reply(self, session, verb, lines):
+                if verb == b"rcpt":
+                    session.hold(60)
+
+        clock = Clock()
+        engine, _ = make([("hold", Hold())], clock=clock)
+        backend = FakeQmail()
+        engine.server_data(backend.greeting)
+        engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
+        block = b"NOOP\r\n" * (65536 // 6)
+        sent = peak = 0
+
+        def answer():
+            while engine.to_server:
+                data = bytes(engine.to_server)
+                del engine.to_server[:]
+                engine.server_data(backend.feed(data))
+
+        for _ in range(300):  # 20 MB offered, read only while the engine wants it
+            answer()
+            if engine.wants_input():
+                engine.client_data(block)
+                sent += len(block)
+            peak = max(peak, engine.buffered())
+        assert engine.deadline() == clock.now + 60
+        assert not engine.wants_input()
+        assert sent < 2 * len(block) and peak < 2 * len(block), (sent, peak)
+        assert len(engine.queue) <= proxy.MAX_OWED
+        clock.now += 60
+        engine.tick()
+        answer()
+        got = bytes(engine.to_client)
+        assert not engine.cin and len(backend.commands) == 2 + sent // 6
+        assert replies(got) == [b"220", b"250", b"250"] + [b"250"] * (sent // 6)
+        assert engine.wants_input() and not engine.queue
+
 class TestStarttls:
     """STARTTLS: never a blind relay, never plaintext injection."""
 
