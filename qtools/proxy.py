@@ -482,6 +482,10 @@ class Engine:
         return (len(self.cin) + len(self.sin) + len(self.to_server) + len(self.to_client)
                 + sum(len(entry.reply or b"") for entry in self.queue))
 
+    def queuing(self):
+        """Return True while the client waits for the reply to the end of a message."""
+        return any(entry.verb == b"." for entry in self.queue)
+
     def owes(self):
         """Return True while the client waits for a reply."""
         return bool(self.queue) and not self.data

@@ -854,7 +854,7 @@ class TestProgram:
         assert b"end why=eof signal=15" in result.err
 
     def test_silent_backend_after_client_left(self, vcdb):
-        """A backend that never answers a client who has left is cut off by the idle timeout."""
+        """A backend that never answers a client who has left is cut off (here by the idle timeout)."""
         script = "echo '220 x'; exec sleep 60"
         start = time.monotonic()
         result = run_prog(["validrcptto", "sh", "-c", script],
@@ -862,6 +862,58 @@ class TestProgram:
         assert time.monotonic() - start < 30
         assert result.out == b"220 x\n" + proxy.TIMEOUT
         assert b"end why=timeout signal=15" in result.err
+
+    @pytest.mark.parametrize("trap", ["", "trap '' TERM; "])
+    def test_backend_ignoring_the_close(self, vcdb, trap):
+        """Finding 10: a backend that stays after the client left gets 5 s, then SIGTERM, then SIGKILL."""
+        script = trap + "echo '220 x'; exec sleep 60"
+        start = time.monotonic()
+        result = run_prog(["validrcptto", "sh", "-c", script], env_for(vcdb), b"NOOP\r\n",
+                          timeout=60)
+        elapsed = time.monotonic() - start
+        assert result.out == b"220 x\n" + proxy.TIMEOUT
+        if trap:
+            assert 6.5 < elapsed < 15 and b"end why=timeout signal=9" in result.err
+        else:
+            assert 4.5 < elapsed < 10 and b"end why=timeout signal=15" in result.err
+
+    def test_total_timeout_while_queuing(self, vcdb):
+        """Finding 10: the total timeout waits for the reply to the final dot, then says 421."""
+        backend = (
+            "import os, sys, time\n"
+            "w = lambda b: os.write(1, b)\n"
+            "w(b'220 x\\r\\n'); data = b''; body = False\n"
+            "while True:\n"
+            "    got = os.read(0, 4096)\n"
+            "    if not got: break\n"
+            "    data += got\n"
+            "    while True:\n"
+            "        if body:\n"
+            "            end = data.find(b'\\r\\n.\\r\\n')\n"
+            "            if end < 0: break\n"
+            "            data, body = data[end + 5:], False\n"
+            "            time.sleep(3); w(b'250 ok queued\\r\\n'); continue\n"
+            "        end = data.find(b'\\n')\n"
+            "        if end < 0: break\n"
+            "        line, data = data[:end], data[end + 1:]\n"
+            "        body = line.startswith(b'DATA')\n"
+            "        w(b'354 go\\r\\n' if body else b'250 ok\\r\\n')\n"
+        )
+        argv = [os.path.join(VENV_BIN, "validrcptto"), sys.executable, "-c", backend]
+        env = env_for(vcdb, QTOOLS_TOTAL_TIMEOUT="1")
+        process = subprocess.Popen(argv, env=base_env(env), stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        start = time.monotonic()
+        process.stdin.write(b"HELO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ok@example.com>\r\nDATA\r\n"
+                            b"hello\r\n.\r\n")
+        process.stdin.flush()
+        out = process.stdout.read()  # stdin stays open: the proxy ends it
+        elapsed = time.monotonic() - start
+        process.stdin.close()
+        process.wait(30)
+        assert out.endswith(b"354 go\r\n250 ok queued\r\n" + proxy.TIMEOUT), out
+        assert 2.5 < elapsed < 15
+        assert b"end why=timeout" in process.stderr.read()
 
     def test_idle_timeout(self, vcdb):
         """An idle client gets 421 and the child is ended."""
