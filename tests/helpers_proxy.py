@@ -144,15 +144,18 @@ def converse(engine, backend, chunks):
 def main(argv):
     backend = FakeQmail()
     with open(argv[1], "ab", buffering=0) as raw:
-        os.write(1, backend.greeting)
-        while not backend.dead:
-            data = os.read(0, 65536)
-            if not data:
-                break
-            raw.write(data)
-            replies = backend.feed(data)
-            if replies:
-                os.write(1, replies)
+        try:
+            os.write(1, backend.greeting)
+            while not backend.dead:
+                data = os.read(0, 65536)
+                if not data:
+                    break
+                raw.write(data)
+                replies = backend.feed(data)
+                if replies:
+                    os.write(1, replies)
+        except OSError:
+            return 1  # the proxy hung up: qmail-smtpd's safewrite() does _exit(1)
     return 0
 
 
