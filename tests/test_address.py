@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from qtools import address
 
 ME = b"mx.example"
-# A thousandth of make fuzz's session count, at least the default.
+# make fuzz scales the hypothesis tests: a hundredth of its session count.
 EXAMPLES = max(100, int(os.environ.get("QTOOLS_FUZZ_SESSIONS") or 0) // 100)
 
 
