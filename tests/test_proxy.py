@@ -40,6 +40,17 @@ class Recorder(proxy.Filter):
         return None
 
 
+class Hold(proxy.Filter):
+    """A filter that holds each reply to RCPT for seconds, as the tarpit does."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def reply(self, session, verb, lines):
+        if verb == b"rcpt":
+            session.hold(self.seconds)
+
+
 class Clock:
     """A clock the test moves by hand."""
 
@@ -292,13 +303,8 @@ class TestReplies:
 
     def test_hold_delays_in_turn(self):
         """A held reply and the replies behind it wait; two holds add up."""
-        class Slow(proxy.Filter):
-            def reply(self, session, verb, lines):
-                if verb == b"rcpt":
-                    session.hold(5)
-
         clock = Clock()
-        engine, _ = make([("slow", Slow())], clock=clock)
+        engine, _ = make([("slow", Hold(5))], clock=clock)
         engine.server_data(b"220 hi\r\n")
         engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nNOOP\r\n")
         engine.server_data(b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n")
@@ -406,13 +412,8 @@ class TestMemory:
 
     def test_pipelining_behind_a_held_reply(self):
         """Finding 7: NOOPs pipelined behind a held reply stop being read; nothing grows; all are answered in turn."""
-        class Hold(proxy.Filter):
-            def reply(self, session, verb, lines):
-                if verb == b"rcpt":
-                    session.hold(60)
-
         clock = Clock()
-        engine, _ = make([("hold", Hold())], clock=clock)
+        engine, _ = make([("hold", Hold(60))], clock=clock)
         backend = FakeQmail()
         engine.server_data(backend.greeting)
         engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
@@ -479,13 +480,8 @@ class TestStarttls:
     @pytest.mark.parametrize("segments", [1, 3, "bytes"])
     def test_injection_before_and_after_220(self, behind, segments):
         """Finding 4: plaintext sent while the 220 waits (behind backend or held replies) or after it never runs."""
-        class Hold(proxy.Filter):
-            def reply(self, session, verb, lines):
-                if verb == b"rcpt":
-                    session.hold(5)
-
         clock = Clock()
-        engine, session = make([("hold", Hold())], tls=True, clock=clock)
+        engine, session = make([("hold", Hold(5))], tls=True, clock=clock)
         backend = FakeQmail()
         engine.server_data(backend.greeting)
         if behind == "backend":
