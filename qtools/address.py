@@ -43,10 +43,11 @@ class Command:
 
     line: the line as received, without its line ending (for logs and
     records only: a check decides on the reading); verb: lowercased, up
-    to the first space or NUL; arg: the argument, up to the first NUL; path: for MAIL and RCPT, the address addrparse()
-    gives (b"" for the null sender), None when qmail-smtpd answers it with
-    a syntax error; literal: True when path ends in an address literal
-    that could not be mapped to the local name (no control file).
+    to the first space or NUL; arg: the argument, up to the first NUL;
+    path: for MAIL and RCPT, the address addrparse() gives (b"" for the
+    null sender), None when qmail-smtpd answers it with a syntax error;
+    literal: True when path ends in an address literal that could not be
+    mapped to the local name (no control file).
     """
 
     __slots__ = ("line", "verb", "arg", "path", "literal")
@@ -130,7 +131,7 @@ def addrparse(arg, localiphost=None):
 
 
 def is_literal(domain):
-    """Return True if domain is all of an address literal qmail's ip_scanbracket() reads: [d.d.d.d]."""
+    """Return True if domain is all of a literal qmail's ip_scanbracket() reads: [d.d.d.d]."""
     if domain[:1] != b"[" or domain[-1:] != b"]":
         return False
     parts = bytes(domain[1:-1]).split(b".")
