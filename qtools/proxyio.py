@@ -77,16 +77,16 @@ class _TLS:
 
 
 def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
-          total=TOTAL_TIMEOUT, clock=time.monotonic, grace=CHILD_GRACE, queue_wait=QUEUE_WAIT):
+          total=TOTAL_TIMEOUT, clock=time.monotonic, grace=CHILD_GRACE, queue_wait=QUEUE_WAIT,
+          shut=None):
     """Move bytes between the client fds, the engine and the backend socket until the end.
 
-    Return (why, waited): why it ended, "eof", "421", "timeout", "barelf",
-    "tls" or "gone"; waited is True when the backend had its input closed
-    grace seconds ago and is still there.  Once the client has left and
-    the backend's input is closed, the backend gets grace seconds to
-    answer and leave (queue_wait while it queues a message), then the
-    proxy gives up.  Past the total timeout, a message being queued still
-    gets its reply, for at most queue_wait seconds more.
+    Return why it ended: "eof", "421", "timeout", "barelf", "tls" or
+    "gone".  Once the client has left and the backend's input is closed
+    (the clock time goes in the list shut, when given), the backend gets
+    grace seconds to answer and leave (queue_wait while it queues a
+    message), then the proxy gives up.  Past the total timeout, a message
+    being queued still gets its reply, for at most queue_wait seconds more.
     """
     import select
 
@@ -110,12 +110,14 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
             engine.tls_started()
         now = clock()
         if not out and engine.finished():
-            return engine.why or "eof", stuck(shut_at, now, grace)
+            return engine.why or "eof"
         if client_eof and not out and engine.drained() and not engine.owes():
             # The client left and is owed nothing: do not wait for the backend.
-            return "eof", stuck(shut_at, now, grace)
+            return "eof"
         if engine.client_eof and engine.drained() and shut_at is None:
             shut_at = now
+            if shut is not None:
+                shut.append(now)
             try:
                 server.shutdown(1)  # the backend reads EOF as the client leaving
             except OSError:
@@ -193,16 +195,13 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
         engine.tick()
         now = clock()
         queuing = engine.queuing()
-        if ((total and now - start >= total and (not queuing or now >= end))
+        end = start + total + (queue_wait if queuing else 0) if total else None
+        if ((total and now >= end)
                 or (idle and not queuing and (client_eof or not engine.owes())
                     and now - last >= idle)
                 or (shut_at is not None and now >= shut_at + (queue_wait if queuing else grace))):
             engine.abort(TIMEOUT, "timeout")
 
-
-def stuck(shut_at, now, grace=CHILD_GRACE):
-    """Return True when the backend's input was closed grace seconds ago or more."""
-    return shut_at is not None and now - shut_at >= grace
 
 
 def spawn(argv, environ):
@@ -327,9 +326,9 @@ def run(filters, argv, environ, infd=0, outfd=1):
     engine = Engine(filters, Session(client, environ), tls=tls is not None)
     pid, server = spawn(argv, environ)
     _signal.signal(_signal.SIGTERM, _terminate)
-    why, waited = "error", False
+    why, shut = "error", []
     try:
-        why, waited = relay(engine, server, infd, outfd, tls, idle, total)
+        why = relay(engine, server, infd, outfd, tls, idle, total, shut=shut)
     except _Terminated:
         why = "terminated"
     finally:
@@ -340,9 +339,10 @@ def run(filters, argv, environ, infd=0, outfd=1):
                 os.close(fd)  # the client sees the end now, not after the child
             except OSError:
                 pass
-        # A backend that already had its grace after its input closed
-        # is ended at once.
-        status, ended = reap(pid, 0.0 if waited else CHILD_GRACE)
+        # A backend that outstayed its grace after its input was closed
+        # (the proxy gave up on it) is ended at once.
+        stuck = why == "timeout" and shut and time.monotonic() - shut[0] >= CHILD_GRACE
+        status, ended = reap(pid, 0.0 if stuck else CHILD_GRACE)
     fields = [("why", why)]
     fields.append(("status", status) if status >= 0 else ("signal", -status))
     core.log(prog, client.ip, "end", fields)
