@@ -68,7 +68,7 @@ bench: debs venv
 	$(VPY) bench/run.py
 
 fuzz: debs venv
-	QTOOLS_FUZZ_SESSIONS=100000 QTOOLS_CRASH_ROUNDS=100 $(VPY) -m pytest -q tests/test_fuzz.py tests/test_attacks.py tests/test_crash.py
+	QTOOLS_FUZZ_SESSIONS=100000 QTOOLS_CRASH_ROUNDS=100 $(VPY) -m pytest -q tests/test_fuzz.py tests/test_attacks.py tests/test_crash.py tests/test_address.py
 
 load: debs venv
 	QTOOLS_LOAD_CONNECTIONS=5000 $(VPY) -m pytest -q tests/e2e/test_load.py

@@ -171,12 +171,10 @@ class Triplets:
     def __init__(self, config, store, network, clock=time.time):
         self.config, self.store, self.network, self.clock = config, store, network, clock
 
-    def command(self, session, verb, line):
+    def command(self, session, verb, command):
         sender = session.mail_from
         if verb == b"rcpt" and sender:
-            from qtools.address import parse_path
-
-            rcpt = parse_path(line)
+            rcpt = command.path  # as qmail-smtpd reads it
             return None if rcpt is None else self.judge(session, sender, [rcpt])
         if verb == b"data" and sender == b"" and session.rcpts:
             return self.judge(session, sender, session.rcpts)

@@ -124,10 +124,10 @@ def show(path, entry, out):
 
     try:
         with cdb.Reader(path + ".cdb") as reader:
-            found = mkcdb.find("n", reader, os.fsencode(entry))
+            found, accepted = mkcdb.find("n", reader, os.fsencode(entry))
     except OSError as error:
         raise core.Die(core.TEMP_EXIT, "unable to read %s.cdb: %s" % (path, core.strerror(error)))
-    if not found:
+    if not (found and accepted):
         return 100
     key = found[0][0]
     out.extend(line for line in lines if line_key(line) == key)

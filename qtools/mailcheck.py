@@ -36,7 +36,7 @@ class MailCheck:
         self.in_message = self.in_connection = 0
         self.protocol = Protocol(config.protocol)
 
-    def command(self, session, verb, line):
+    def command(self, session, verb, cmd):
         if session.authenticated:
             return None  # SMTP AUTH steps aside, as RELAYCLIENT does
         found = self.protocol.command(verb)
@@ -48,9 +48,9 @@ class MailCheck:
             core.mark(session.environ, "%s:%s" % (PROG, found[0]))
             session.log("mark", why)
         if verb == b"mail":
-            return self.mail(session, line)
+            return self.mail(session, cmd)
         if verb == b"rcpt":
-            return self.rcpt(session, line)
+            return self.rcpt(session, cmd)
         if verb in (b"rset", b"helo", b"ehlo"):
             self.pending, self.in_message = None, 0
         return None
@@ -61,11 +61,9 @@ class MailCheck:
             self.pending = None  # no transaction: nothing owed
         return None
 
-    def mail(self, session, line):
-        from qtools.address import parse_path
-
+    def mail(self, session, cmd):
         self.pending, self.in_message = None, 0
-        address = parse_path(line)
+        address = cmd.path
         if address is None:
             return None  # qmail-smtpd refuses it itself
         config = self.config
@@ -89,12 +87,10 @@ class MailCheck:
         session.log(verdict.action, verdict.why)
         return None
 
-    def rcpt(self, session, line):
-        from qtools.address import parse_path
-
+    def rcpt(self, session, cmd):
         config = self.config
-        address = parse_path(line)
-        shown = text(address if address is not None else line)
+        address = cmd.path
+        shown = text(address if address is not None else cmd.line)
         if self.pending is not None:
             entry = exempt(shown, config.exempt) if address is not None else None
             if entry is None:

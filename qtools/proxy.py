@@ -9,10 +9,14 @@ a child on a socketpair.
 
 The filter contract.  A Filter has two hooks, both optional:
 
-  command(session, verb, line)
+  command(session, verb, cmd)
       Called for each client command outside DATA, in order, after the
-      filters before it passed it.  verb is the lowercased verb, line the
-      raw line without its line ending (bytes).  Return None to pass the
+      filters before it passed it, and only once the backend has answered
+      every command before it: what a filter knows of the session never
+      depends on how fast the backend's replies came.  cmd is the line as
+      qmail-smtpd will act on it (qtools.address.read: verb, arg, path;
+      cmd.line is the raw line, for logs only) and verb is cmd.verb: a
+      filter decides on this reading and no other.  Return None to pass the
       command on, or a complete CRLF-terminated reply to answer it in the
       backend's place; the reply waits behind the backend's outstanding
       replies (PIPELINING order).  A reply starting with "421" closes the
@@ -37,7 +41,10 @@ RELAYCLIENT), a per-connection dict state for filters, log(verdict,
 fields) and hold(seconds).
 
 The framing is qmail-smtpd's: a command ends at LF, one CR before it is
-dropped for parsing, and the bytes are forwarded exactly as received.  DATA
+dropped for parsing, and the bytes are forwarded exactly as received.
+A command line of more than MAX_LINE bytes, not counting its CR LF or LF,
+is answered 500 and never forwarded (qmail-smtpd has no limit; 2048 is
+Postfix's line_length_limit, RFC 5321 needs 512).  DATA
 mode starts on the backend's 354 and ends only on CR LF . CR LF; a bare LF
 in DATA gets qmail-smtpd's own 451 and the connection is closed, so no two
 programs can disagree about where a message ends.
@@ -49,7 +56,7 @@ qtools.proxyio runs it between file descriptors and the child.
 import time
 
 from qtools import core
-from qtools.address import parse_path, argument
+from qtools import address
 
 # Replies the proxy makes itself.
 TOO_LONG = b"500 command line too long (#5.5.2)\r\n"
@@ -64,8 +71,11 @@ BACKEND_GONE = b"421 the mail server went away, closing connection (#4.3.0)\r\n"
 # convert BDAT, and a backend's STARTTLS would make it a blind relay.
 HIDDEN = frozenset((b"CHUNKING", b"STARTTLS"))
 
-MAX_LINE = 2048  # Postfix's line_length_limit; RFC 5321 needs 512
+MAX_LINE = 2048  # bytes of a command line without its line ending
 HIGH_WATER = 1 << 20  # stop reading a side while this much waits to be written
+# Replies owed to the client, at most: past it (a client pipelining behind
+# a reply the tarpit holds) no command is read until some have been sent.
+MAX_OWED = 100
 
 
 def bare_lf(data, start, stop):
@@ -84,7 +94,7 @@ def bare_lf(data, start, stop):
 class Filter:
     """A proxy-level check; both hooks are optional (see the module text)."""
 
-    def command(self, session, verb, line):
+    def command(self, session, verb, cmd):
         return None
 
     def reply(self, session, verb, lines):
@@ -124,11 +134,11 @@ class Session:
 class Entry:
     """One reply the client is owed, in command order."""
 
-    __slots__ = ("verb", "line", "reply", "ready_at", "close", "starttls")
+    __slots__ = ("verb", "path", "reply", "ready_at", "close", "starttls")
 
-    def __init__(self, verb, line=b"", reply=None):
+    def __init__(self, verb, path=None, reply=None):
         self.verb = verb
-        self.line = line
+        self.path = path
         self.reply = reply
         self.ready_at = 0.0
         self.close = reply is not None and reply[:3] == b"421"
@@ -176,8 +186,9 @@ class Engine:
         self.prog = self.filters[0][0] if self.filters else "proxy"
         self.to_client = bytearray()
         self.to_server = bytearray()
-        self.queue = [Entry(b"")]  # the greeting is owed first
-        self.waiting = [self.queue[0]]
+        self.greeting = Entry(b"")
+        self.queue = [self.greeting]  # the greeting is owed first
+        self.waiting = [self.greeting]
         self.cin = bytearray()
         self.sin = bytearray()
         self.lines = []
@@ -186,10 +197,12 @@ class Engine:
         self.blocked = False
         self.discarding = False
         self.closing = False
-        self.tls_pending = False
+        self.tls_pending = False  # the 220 to STARTTLS has gone out
+        self.tls_accepted = False  # STARTTLS was accepted: nothing more is plaintext SMTP
         self.held = 0.0
         self.client_eof = False
         self.server_eof = False
+        self._liphost = False  # not read yet
         self.why = None
 
     # --- client side -------------------------------------------------------
@@ -199,7 +212,7 @@ class Engine:
         if not data:
             self.client_eof = True
             return
-        if self.closing or self.tls_pending:
+        if self.closing or self.tls_accepted:
             return  # after STARTTLS, plaintext must never become commands
         if self.data:
             self._data(data)
@@ -209,29 +222,37 @@ class Engine:
 
     def _commands(self):
         cin = self.cin
-        while not (self.blocked or self.closing or self.data):
+        # A command waits until the backend has answered every command
+        # before it (the filters then decide on the same session, however
+        # the client's bytes and the backend's replies were timed), and
+        # while the client is owed MAX_OWED replies (memory stays bounded).
+        # The greeting answers no command: nothing waits for it.
+        while not (self.blocked or self.closing or self.data
+                   or (self.waiting and self.waiting[-1] is not self.greeting)
+                   or len(self.queue) >= MAX_OWED):
             end = cin.find(b"\n")
             if end < 0:
-                if len(cin) > self.max_line:
+                if len(cin) > self.max_line + 1:  # + 1: a CR may come before the LF
                     # Keep memory bounded; the line is answered at its LF.
                     self.discarding = True
                     del cin[:]
                 return
             raw = bytes(cin[: end + 1])
             del cin[: end + 1]
-            if self.discarding or end > self.max_line:
+            line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            if self.discarding or len(line) > self.max_line:
                 self.discarding = False
                 self._log(TOO_LONG[:-2].decode(), (("why", "toolong"),))
                 self._local(b"", TOO_LONG)
                 continue
-            line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             self._command(line, raw)
 
     def _command(self, line, raw):
         session = self.session
-        verb = line.split(b" ", 1)[0].lower()
+        command = address.read(line, self._localiphost)
+        verb = command.verb
         if verb == b"starttls":
-            self._starttls(line)
+            self._starttls(command)
             return
         if verb == b"bdat":
             self._local(verb, UNIMPLEMENTED)
@@ -239,7 +260,7 @@ class Engine:
         for prog, each in self.filters:
             session.prog = prog
             try:
-                reply = each.command(session, verb, line)
+                reply = each.command(session, verb, command)
             except Exception as error:  # a broken filter must not break mail
                 core.warn(prog, "filter failed: %s: %s" % (type(error).__name__, error))
                 reply = None
@@ -249,28 +270,39 @@ class Engine:
                 self._local(verb, reply)
                 return
         if verb == b"mail":
-            session.mail_from = parse_path(line)
+            session.mail_from = command.path
             session.rcpts = []
         elif verb in (b"helo", b"ehlo"):
-            session.helo = argument(line)
+            session.helo = command.arg
             session.reset()
         elif verb == b"rset":
             session.reset()
-        self._forward(Entry(verb, line), raw)
+        self._forward(Entry(verb, command.path), raw)
         if verb in (b"data", b"quit"):
             # After DATA, what follows is data only if the backend says
             # 354; after QUIT, nothing follows unless the backend stays.
             self.blocked = True
 
-    def _starttls(self, line):
+    def _starttls(self, command):
         if not self.tls_available or self.session.tls:
             self._local(b"starttls", UNIMPLEMENTED)
-        elif line.strip().lower() != b"starttls":
+        elif command.arg.strip(b" "):
             self._local(b"starttls", TLS_SYNTAX)
         else:
+            # CVE-2011-0411: nothing sent after STARTTLS and before the
+            # handshake counts, whether it came with STARTTLS, while the
+            # 220 waited behind other replies or after it went out.
             self.blocked = True
-            del self.cin[:]  # CVE-2011-0411: nothing sent before TLS counts
+            self.tls_accepted = True
+            self.discarding = False
+            del self.cin[:]
             self._local(b"starttls", TLS_READY, starttls=True)
+
+    def _localiphost(self):
+        """Return qmail-smtpd's name for its own address literals (read once), or None."""
+        if self._liphost is False:
+            self._liphost = address.localiphost(self.session.environ)
+        return self._liphost
 
     def _local(self, verb, reply, starttls=False):
         entry = Entry(verb, reply=reply)
@@ -355,7 +387,7 @@ class Engine:
         elif verb == b"mail" and not ok:
             session.mail_from = None
         elif verb == b"rcpt" and ok:
-            session.rcpts.append(parse_path(entry.line))
+            session.rcpts.append(entry.path)
         elif verb == b".":
             session.reset()
         if code == b"235":  # only SMTP AUTH answers 235
@@ -424,8 +456,10 @@ class Engine:
         return None
 
     def tick(self):
-        """Send held replies whose time has come."""
+        """Send held replies whose time has come, and read the commands they held up."""
         self._release()
+        if not self.data:
+            self._commands()
 
     def finished(self):
         """Return True once nothing more can be said to the client."""
@@ -433,11 +467,27 @@ class Engine:
 
     def drained(self):
         """Return True when no client byte already taken can still reach the backend."""
-        return not self.to_server and not (self.blocked and self.cin and not self.server_eof)
+        if self.to_server:
+            return False
+        if self.server_eof or not self.cin:
+            return True
+        # A line waiting for earlier replies (or data waiting for the 354)
+        # still goes to the backend; a line without its LF never does.
+        return not self.blocked and b"\n" not in self.cin
 
     def wants_input(self):
         """Return True while more client bytes may be taken (backpressure)."""
-        return not self.closing and len(self.to_server) < HIGH_WATER and len(self.cin) < HIGH_WATER
+        return (not self.closing and len(self.to_server) < HIGH_WATER
+                and len(self.cin) < HIGH_WATER and len(self.queue) < MAX_OWED)
+
+    def buffered(self):
+        """Return how many bytes the engine holds: input, output and the replies it owes."""
+        return (len(self.cin) + len(self.sin) + len(self.to_server) + len(self.to_client)
+                + sum(len(entry.reply or b"") for entry in self.queue))
+
+    def queuing(self):
+        """Return True while the client waits for the reply to the end of a message."""
+        return any(entry.verb == b"." for entry in self.queue)
 
     def owes(self):
         """Return True while the client waits for a reply."""
@@ -453,14 +503,17 @@ class Engine:
     def tls_started(self):
         """The TLS handshake begins: forget the plaintext session (RFC 3207 section 4.2)."""
         self.tls_pending = False
+        self.tls_accepted = False
         self.blocked = False
+        self.discarding = False
+        del self.cin[:]  # nothing of the plaintext session is ever run
         session = self.session
         session.tls = True
         session.helo = None
         session.reset()
         # The backend forgets a transaction begun in plaintext; its reply
         # is ours, not the client's.
-        entry = Entry(b"rset", b"RSET")
+        entry = Entry(b"rset")
         self._forward(entry, b"RSET\r\n")
         self.queue.remove(entry)
 

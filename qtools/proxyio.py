@@ -17,6 +17,10 @@ BLOCK = 1 << 16
 IDLE_TIMEOUT = 1200  # qmail-smtpd's timeoutsmtpd default
 TOTAL_TIMEOUT = 3600
 CHILD_GRACE = 5.0  # seconds the child gets to leave after its input closes
+# Past the total timeout, how long the reply to the end of a message is
+# still awaited (RFC 5321 gives the client 10 minutes for it): a 421 while
+# the message is being queued would have it sent, and delivered, twice.
+QUEUE_WAIT = 600
 # What the kernel may hold for the child to read, asked for above the
 # default 208 KiB (net.core.wmem_max caps it): a message crosses in fewer
 # wake-ups of the child, 5% less wall time for 10 MB in bench_proxy.py.
@@ -73,10 +77,16 @@ class _TLS:
 
 
 def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
-          total=TOTAL_TIMEOUT, clock=time.monotonic):
+          total=TOTAL_TIMEOUT, clock=time.monotonic, grace=CHILD_GRACE, queue_wait=QUEUE_WAIT,
+          shut=None):
     """Move bytes between the client fds, the engine and the backend socket until the end.
 
-    Return why it ended: "eof", "421", "timeout", "barelf", "tls" or "gone".
+    Return why it ended: "eof", "421", "timeout", "barelf", "tls" or
+    "gone".  Once the client has left and the backend's input is closed
+    (the clock time goes in the list shut, when given), the backend gets
+    grace seconds to answer and leave (queue_wait while it queues a
+    message), then the proxy gives up.  Past the total timeout, a message
+    being queued still gets its reply, for at most queue_wait seconds more.
     """
     import select
 
@@ -87,7 +97,8 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
     start = last = clock()
     out = bytearray()  # bytes for the client, encrypted once TLS is on
     secure = None
-    shut = client_eof = False
+    shut_at = None
+    client_eof = False
     while True:
         if secure is not None:
             out += secure.encrypt(engine)
@@ -97,18 +108,27 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
         if engine.tls_pending and not out:
             secure = _TLS(tls)
             engine.tls_started()
+        now = clock()
         if not out and engine.finished():
             return engine.why or "eof"
         if client_eof and not out and engine.drained() and not engine.owes():
-            return "eof"  # the client left and is owed nothing: do not wait for the backend
-        if engine.client_eof and engine.drained() and not shut:
-            shut = True
+            # The client left and is owed nothing: do not wait for the backend.
+            return "eof"
+        if engine.client_eof and engine.drained() and shut_at is None:
+            shut_at = now
+            if shut is not None:
+                shut.append(now)
             try:
                 server.shutdown(1)  # the backend reads EOF as the client leaving
             except OSError:
                 pass
+        queuing = engine.queuing()
+        # The end of a message is answered even past the total timeout.
+        end = start + total + (queue_wait if queuing else 0) if total else None
+        leave = shut_at + (queue_wait if queuing else grace) if shut_at is not None else None
         masks = {}
-        if not client_eof and engine.wants_input() and len(out) < HIGH_WATER:
+        if (not client_eof and engine.wants_input() and len(out) < HIGH_WATER
+                and (end is None or now < start + total)):
             # A client that does not read its replies is not read either.
             masks[infd] = select.POLLIN
         if out:
@@ -118,15 +138,16 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
                 masks[sfd] = select.POLLIN
             if engine.to_server:
                 masks[sfd] = masks.get(sfd, 0) | OUT
-        now = clock()
         limits = []
         due = engine.deadline()
         if due is not None:
             limits.append(due - now)
-        if idle and (client_eof or not engine.owes()):
+        if idle and not queuing and (client_eof or not engine.owes()):
             limits.append(last + idle - now)
-        if total:
-            limits.append(start + total - now)
+        if end is not None:
+            limits.append((start + total if not queuing else end) - now)
+        if leave is not None:
+            limits.append(leave - now)
         if not masks and not limits:
             return "eof"
         poller = select.poll()
@@ -173,10 +194,14 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
                     return "tls"
         engine.tick()
         now = clock()
-        if (total and now - start >= total) or (
-            idle and (client_eof or not engine.owes()) and now - last >= idle
-        ):
+        queuing = engine.queuing()
+        end = start + total + (queue_wait if queuing else 0) if total else None
+        if ((total and now >= end)
+                or (idle and not queuing and (client_eof or not engine.owes())
+                    and now - last >= idle)
+                or (shut_at is not None and now >= shut_at + (queue_wait if queuing else grace))):
             engine.abort(TIMEOUT, "timeout")
+
 
 
 def spawn(argv, environ):
@@ -301,9 +326,9 @@ def run(filters, argv, environ, infd=0, outfd=1):
     engine = Engine(filters, Session(client, environ), tls=tls is not None)
     pid, server = spawn(argv, environ)
     _signal.signal(_signal.SIGTERM, _terminate)
-    why = "error"
+    why, shut = "error", []
     try:
-        why = relay(engine, server, infd, outfd, tls, idle, total)
+        why = relay(engine, server, infd, outfd, tls, idle, total, shut=shut)
     except _Terminated:
         why = "terminated"
     finally:
@@ -314,7 +339,10 @@ def run(filters, argv, environ, infd=0, outfd=1):
                 os.close(fd)  # the client sees the end now, not after the child
             except OSError:
                 pass
-        status, ended = reap(pid)
+        # A backend that outstayed its grace after its input was closed
+        # (the proxy gave up on it) is ended at once.
+        stuck = why == "timeout" and shut and time.monotonic() - shut[0] >= CHILD_GRACE
+        status, ended = reap(pid, 0.0 if stuck else CHILD_GRACE)
     fields = [("why", why)]
     fields.append(("status", status) if status >= 0 else ("signal", -status))
     core.log(prog, client.ip, "end", fields)

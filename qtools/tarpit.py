@@ -105,7 +105,7 @@ class Tarpit:
         self.config = config
         self.accepted = 0
 
-    def command(self, session, verb, line):
+    def command(self, session, verb, command):
         return None
 
     def reply(self, session, verb, lines):

@@ -115,7 +115,7 @@ class Limits:
     def __init__(self, config, store, net, clock=time.time):
         self.config, self.store, self.net, self.clock = config, store, net, clock
 
-    def command(self, session, verb, line):
+    def command(self, session, verb, cmd):
         config = self.config
         if session.authenticated:
             return None

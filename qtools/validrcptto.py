@@ -2,7 +2,7 @@
 """validrcptto: refuse recipients missing from a validrcptto.cdb, as the jms1 patch does."""
 
 from qtools import core
-from qtools.address import fold, is_postmaster, is_probe, parse_path, split
+from qtools.address import fold, is_postmaster, is_probe, split
 
 PROG = "validrcptto"
 USAGE = "validrcptto [ -s ] [ -t ] prog..."
@@ -37,7 +37,7 @@ def keys(address):
 
 
 def decide(address, cdb, strict=False, trace=None):
-    """Return the Verdict for one recipient address as parse_path gives it.
+    """Return the Verdict for one recipient address as qtools.address.read gives it.
 
     Unless strict (see strict_for), a domain with no key in the cdb
     (neither "@domain" nor the bare "domain" marker qtools-mkcdb writes)
@@ -93,13 +93,17 @@ class Check:
     def reply(self, session, verb, lines):
         return None
 
-    def command(self, session, verb, line):
+    def command(self, session, verb, command):
         if verb != b"rcpt" or session.authenticated:
             return None  # after SMTP AUTH the patch stepped aside too
-        address = parse_path(line)
-        shown = text(address if address is not None else line)
+        address = command.path  # the address qmail-smtpd will act on
+        shown = text(address if address is not None else command.arg)
         if self.refusal is not None:
             verdict = self.refusal
+        elif command.literal:
+            # user@[our IP] is user@localiphost to qmail-smtpd, and neither
+            # control/localiphost nor control/me could be read: our failure.
+            verdict = core.Verdict("refuse", 451, NO_CONTROLS[4:], (("why", "literal"),))
         else:
             trace = None
             if self.level >= 2:

@@ -57,7 +57,9 @@ class FakeQmail:
 
     def _command(self, line):
         self.commands.append(line)
-        verb = line.split(b" ", 1)[0].lower()
+        # commands.c: the line is a C string (a NUL ends it), the verb ends
+        # at the first space.
+        verb = line.split(b"\0", 1)[0].split(b" ", 1)[0].lower()
         if verb in self.answers:
             return self.answers[verb]
         if verb == b"ehlo":
@@ -142,15 +144,18 @@ def converse(engine, backend, chunks):
 def main(argv):
     backend = FakeQmail()
     with open(argv[1], "ab", buffering=0) as raw:
-        os.write(1, backend.greeting)
-        while not backend.dead:
-            data = os.read(0, 65536)
-            if not data:
-                break
-            raw.write(data)
-            replies = backend.feed(data)
-            if replies:
-                os.write(1, replies)
+        try:
+            os.write(1, backend.greeting)
+            while not backend.dead:
+                data = os.read(0, 65536)
+                if not data:
+                    break
+                raw.write(data)
+                replies = backend.feed(data)
+                if replies:
+                    os.write(1, replies)
+        except OSError:
+            return 1  # the proxy hung up: qmail-smtpd's safewrite() does _exit(1)
     return 0
 
 

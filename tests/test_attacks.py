@@ -11,6 +11,7 @@ TestHostileReplies).
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 
@@ -18,10 +19,13 @@ import dns.message
 import dns.rrset
 import pytest
 
-from conftest import read_maildir, run_prog, sink_cmd
+from conftest import VENV_BIN, base_env, read_maildir, run_prog, sink_cmd
 from dnsserver import DNSServer
 from helpers_proxy import FakeQmail, converse
 from qtools import core, proxy, smtp
+from qtools.validrcptto import NOT_LISTED as NOT_LISTED_TEXT
+
+NOT_LISTED = NOT_LISTED_TEXT.encode()
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers_proxy.py")
 CLIENT = core.Client("192.0.2.7", bytes([192, 0, 2, 7]))
@@ -179,6 +183,116 @@ class TestOverLongLines:
 # --- DNS faults ------------------------------------------------------------------
 
 HUGE = ['"%s"' % ("t%03d" % n * 50)[:250] for n in range(120)]  # about 30 KB of TXT
+
+
+class TestOneReading:
+    """A check decides on the line qmail-smtpd acts on: NUL bytes and address literals hide nothing."""
+
+    def converse(self, argv, env, data, tmp_path):
+        raw = tmp_path / "raw"
+        result = run_prog(argv + [sys.executable, HELPER, str(raw)],
+                          dict({"TCPREMOTEIP": "192.0.2.7"}, **env), data)
+        assert result.rc == 0 and b"Traceback" not in result.err, result.err
+        assert valid_replies(result.out)
+        return result.out, qmail_reads(raw.read_bytes())[0]
+
+    @pytest.fixture
+    def listed(self, tmp_path):
+        path = str(tmp_path / "listed.cdb")
+        done = run_prog(["qtools-mkcdb", "-a", path, path + ".tmp"], stdin=b"ok@example.test\n")
+        assert done.rc == 0, done.err
+        return path
+
+    @pytest.mark.parametrize("strict", [[], ["-s"]])
+    @pytest.mark.parametrize("rcpt", [
+        b"RCPT TO:<nobody@example.test\0.unlisted.org>",  # qmail-smtpd queues nobody@example.test
+        b"RCPT\0 TO:<ok@example.test>",  # qmail-smtpd queues an empty recipient
+        b"rcpt \0TO:<ok@example.test>",
+        b"RCPT TO:<nobody@[127.0.0.1]>",  # qmail-smtpd queues nobody@localiphost
+        b"RCPT TO:<nobody@\\[127.0.0.1]>",
+    ])
+    def test_validrcptto(self, rcpt, strict, tmp_path, listed):
+        """Findings 1 and 6: validrcptto (also -s) refuses what qmail-smtpd would queue unlisted."""
+        control = tmp_path / "qmail" / "control"
+        control.mkdir(parents=True)
+        (control / "me").write_bytes(b"example.test\n")
+        data = b"EHLO x\r\nMAIL FROM:<a@sender.example>\r\n" + rcpt + b"\r\nQUIT\r\n"
+        out, commands = self.converse(
+            ["validrcptto"] + strict,
+            {"VALIDRCPTTO_CDB": listed, "QMAILHOME": str(tmp_path / "qmail")}, data, tmp_path)
+        assert NOT_LISTED in out
+        assert commands == [b"EHLO x", b"MAIL FROM:<a@sender.example>", b"QUIT"]
+
+    def test_literal_without_control_files(self, tmp_path, listed):
+        """Finding 6, no control/me to map the literal to: a 451, never a pass."""
+        data = b"EHLO x\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<nobody@[127.0.0.1]>\r\n"
+        out, commands = self.converse(
+            ["validrcptto"], {"VALIDRCPTTO_CDB": listed, "QMAILHOME": str(tmp_path / "none")},
+            data, tmp_path)
+        assert out.endswith(b"451 unable to read controls (#4.3.0)\r\n")
+        assert commands == [b"EHLO x", b"MAIL FROM:<a@sender.example>"]
+
+    @pytest.mark.parametrize("mail", [b"MAIL\0 FROM:<a@sender.example>", b"mail \0FROM:<a@x>",
+                                      b"MAIL FROM:<\0a@sender.example>"])
+    @pytest.mark.parametrize("pipelined", [True, False])
+    def test_greylist_triplets_null_sender(self, mail, pipelined, tmp_path):
+        """Finding 2: a sender hidden behind a NUL is the null sender qmail-smtpd takes, deferred at DATA."""
+        store = tmp_path / "triplets"
+        store.mkdir()
+        lines = [b"EHLO x", mail, b"RCPT TO:<ok@example.test>", b"DATA"]
+        # One write, or one line per write (the helper reads as it comes).
+        data = b"".join(line + b"\r\n" for line in lines)
+        argv = ["greylist", "-T", str(store)]
+        if pipelined:
+            out, commands = self.converse(argv, {}, data, tmp_path)
+        else:
+            out, commands = self.step_by_step(argv, lines, tmp_path)
+        assert out.endswith(b"451 greylisted, try again in 300 seconds (#4.7.1)\r\n"), out
+        assert commands == lines[:3]
+
+    @pytest.mark.parametrize("pipelined", [True, False])
+    def test_greylist_pipelined_bounce(self, pipelined, tmp_path):
+        """Finding 3: a bounce sent in one write is judged on its recipients like one sent step by step."""
+        store = tmp_path / "triplets"
+        store.mkdir()
+        lines = [b"EHLO x", b"MAIL FROM:<>", b"RCPT TO:<ok@example.test>",
+                 b"RCPT TO:<other@example.test>", b"DATA", b"Subject: x", b"", b"body", b"."]
+        argv = ["greylist", "-T", str(store)]
+        if pipelined:
+            out, commands = self.converse(argv, {}, b"".join(l + b"\r\n" for l in lines), tmp_path)
+        else:
+            out, commands = self.step_by_step(argv, lines[:5], tmp_path)
+        assert b"354" not in out
+        assert b"451 greylisted, try again in 300 seconds (#4.7.1)\r\n" in out
+        assert commands[:4] == lines[:4] and b"DATA" not in commands
+
+    def step_by_step(self, argv, lines, tmp_path):
+        """Send each line after the reply to the one before; return (output, commands the backend read)."""
+        raw = tmp_path / "raw-steps"
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen([os.path.join(VENV_BIN, argv[0])] + argv[1:]
+                                   + [sys.executable, HELPER, str(raw)],
+                                   stdin=theirs, stdout=theirs, stderr=subprocess.PIPE,
+                                   env=base_env({"TCPREMOTEIP": "192.0.2.7"}))
+        theirs.close()
+        ours.settimeout(10)
+        out = b""
+        for count, line in enumerate([None] + lines, 1):
+            if line is not None:
+                ours.sendall(line + b"\r\n")
+            while len(re.findall(rb"(?m)^[0-9]{3} ", out)) < count:  # its reply is in
+                block = ours.recv(65536)
+                assert block, out
+                out += block
+        ours.shutdown(socket.SHUT_WR)
+        while True:
+            block = ours.recv(65536)
+            if not block:
+                break
+            out += block
+        ours.close()
+        process.communicate(timeout=15)
+        return out, qmail_reads(raw.read_bytes())[0]
 
 
 def cut_reply(size):

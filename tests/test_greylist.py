@@ -12,6 +12,7 @@ import pytest
 from conftest import read_maildir, run_prog, sink_cmd, smtp_from, make_client as client
 
 from qtools import core, greylist
+from qtools.address import read
 from qtools.cdb import Reader
 from qtools.store import DirStore, State, StoreError, Timers
 
@@ -651,12 +652,12 @@ class TestTriplets:
         """Each new triplet is deferred at RCPT and passes after the delay."""
         f, clock = self.make(tmp_path)
         session = Session(b"a@example.org")
-        reply = f.command(session, b"rcpt", b"RCPT TO:<b@example.net>")
+        reply = f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>"))
         assert reply == b"451 greylisted, try again in 300 seconds (#4.7.1)\r\n"
         clock.now += 299
-        assert f.command(session, b"rcpt", b"RCPT TO:<b@example.net>").startswith(b"451 ")
+        assert f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>")).startswith(b"451 ")
         clock.now += 1
-        assert f.command(session, b"rcpt", b"RCPT TO:<b@example.net>") is None
+        assert f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>")) is None
         assert [v for v, _ in session.logged][2] == "pass"
         assert session.logged[0][1]["key"] == "192.0.2.0/24 a@example.org b@example.net"
 
@@ -664,9 +665,9 @@ class TestTriplets:
         """Once one triplet passed, the network passes whole at connection time."""
         f, clock = self.make(tmp_path)
         session = Session(b"a@example.org")
-        f.command(session, b"rcpt", b"RCPT TO:<b@example.net>")
+        f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>"))
         clock.now += 300
-        f.command(session, b"rcpt", b"RCPT TO:<b@example.net>")
+        f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>"))
         verdict = greylist.decide(client("192.0.2.9"), {}, config(triplet=True), f.store, clock.now + 5)
         assert verdict == core.Verdict("pass", why=(("key", "192.0.2.0/24"), ("state", "known")))
 
@@ -680,18 +681,18 @@ class TestTriplets:
         """A different recipient is a different triplet."""
         f, clock = self.make(tmp_path)
         session = Session(b"a@example.org")
-        f.command(session, b"rcpt", b"RCPT TO:<b@example.net>")
+        f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>"))
         clock.now += 10
-        assert f.command(session, b"rcpt", b"RCPT TO:<c@example.net>").startswith(
+        assert f.command(session, b"rcpt", read(b"RCPT TO:<c@example.net>")).startswith(
             b"451 greylisted, try again in 300 ")
 
     def test_verp_sender_same_triplet(self, tmp_path):
         """The next message of a VERP list finds the triplet of the first."""
         f, clock = self.make(tmp_path)
-        f.command(Session(b"list-return-1-b=example.net@l.example"), b"rcpt", b"RCPT TO:<b@example.net>")
+        f.command(Session(b"list-return-1-b=example.net@l.example"), b"rcpt", read(b"RCPT TO:<b@example.net>"))
         clock.now += 400
         assert f.command(Session(b"list-return-2-b=example.net@l.example"), b"rcpt",
-                         b"RCPT TO:<b@example.net>") is None
+                         read(b"RCPT TO:<b@example.net>")) is None
 
     @pytest.mark.parametrize(
         "verb, line, mail_from",
@@ -707,30 +708,30 @@ class TestTriplets:
         """Only RCPT with a sender, and DATA of a bounce, are judged."""
         f, _ = self.make(tmp_path)
         session = Session(mail_from, [b"b@example.net"])
-        assert f.command(session, verb, line) is None
+        assert f.command(session, verb, read(line)) is None
         assert session.logged == []
 
     def test_bounce_deferred_at_data(self, tmp_path):
         """A bounce is judged at DATA for all recipients; the longest wait is said."""
         f, clock = self.make(tmp_path)
-        f.command(Session(b""), b"data", b"DATA")  # no recipients: nothing to judge
+        f.command(Session(b""), b"data", read(b"DATA"))  # no recipients: nothing to judge
         session = Session(b"", [b"b@example.net"])
-        f.command(session, b"data", b"DATA")
+        f.command(session, b"data", read(b"DATA"))
         clock.now += 100
         session = Session(b"", [b"b@example.net", b"c@example.net"])
-        assert f.command(session, b"data", b"DATA") == (
+        assert f.command(session, b"data", read(b"DATA")) == (
             b"451 greylisted, try again in 300 seconds (#4.7.1)\r\n")
         clock.now += 200
-        assert f.command(session, b"data", b"DATA") == (
+        assert f.command(session, b"data", read(b"DATA")) == (
             b"451 greylisted, try again in 100 seconds (#4.7.1)\r\n")
         clock.now += 100
-        assert f.command(session, b"data", b"DATA") is None
+        assert f.command(session, b"data", read(b"DATA")) is None
 
     def test_learn_mode(self, tmp_path):
         """In learn mode a new triplet is recorded and passed."""
         f, _ = self.make(tmp_path, learn=True)
         session = Session(b"a@example.org")
-        assert f.command(session, b"rcpt", b"RCPT TO:<b@example.net>") is None
+        assert f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>")) is None
         assert session.logged[0] == ("pass", {
             "key": "192.0.2.0/24 a@example.org b@example.net", "state": "new",
             "learn": "defer", "left": 300})
@@ -739,7 +740,7 @@ class TestTriplets:
     def test_store_failure(self, fail_closed, reply):
         """A broken store passes the recipient, or defers it with -f."""
         f = greylist.Triplets(config(fail_closed=fail_closed), FailingStore(), "192.0.2.0/24")
-        got = f.command(Session(b"a@example.org"), b"rcpt", b"RCPT TO:<b@example.net>")
+        got = f.command(Session(b"a@example.org"), b"rcpt", read(b"RCPT TO:<b@example.net>"))
         assert (got if got is None else got[:13]) == reply
 
 

@@ -201,3 +201,10 @@ def test_example_crontab_finds_the_installed_programs():
         lines = [line for line in f.read().splitlines() if line and not line.startswith("#")]
     assert lines[0].startswith("PATH=")
     assert "/usr/local/bin" in lines[0][5:].split(":")
+
+
+def test_makefile_installs_every_program_in_bin():
+    """make install installs the Makefile's PROGRAMS: every script in bin/ must be there."""
+    with open(os.path.join(REPO, "Makefile")) as f:
+        line = next(line for line in f if line.startswith("PROGRAMS ="))
+    assert sorted(line.split("=", 1)[1].split()) == sorted(os.listdir(os.path.join(REPO, "bin")))

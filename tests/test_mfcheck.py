@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import fake_resolver, make_client, read_maildir, run_prog, sink_cmd
 from dnsserver import DNSServer
+from qtools.address import read
 from qtools import core, helocheck, mailcheck, mfcheck, patterns, proxy, senderdns
 from qtools.resolver import Answer
 
@@ -278,33 +279,33 @@ class TestFilter:
     def test_refusal_waits_for_rcpt_and_spares_postmaster(self):
         """A refused sender still reaches postmaster@ and abuse@; others hear the 553."""
         check, s = checker(), session()
-        assert check.command(s, b"mail", b"MAIL FROM:<a@nowhere.example>") is None
-        assert check.command(s, b"rcpt", b"RCPT TO:<joe@example.net>") == (mfcheck.NO_DOMAIN + "\r\n").encode()
-        assert check.command(s, b"rcpt", b"RCPT TO:<Postmaster@example.net>") is None
-        assert check.command(s, b"rcpt", b"RCPT TO:<abuse@other.example>") is None
+        assert check.command(s, b"mail", read(b"MAIL FROM:<a@nowhere.example>")) is None
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<joe@example.net>")) == (mfcheck.NO_DOMAIN + "\r\n").encode()
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<Postmaster@example.net>")) is None
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<abuse@other.example>")) is None
         assert [log[2] for log in session.logs] == [mfcheck.NO_DOMAIN, "pass", "pass"]
         assert session.logs[0][3] == (("from", "a@nowhere.example"), ("helo", "mail.example.org"), ("why", "nodomain"))
 
     def test_without_exemptions_refuses_at_mail(self):
         """With an empty exemption list the MAIL itself is refused."""
         check = checker(exempt=[])
-        assert check.command(session(), b"mail", b"MAIL FROM:<a@nowhere.example>") == (mfcheck.NO_DOMAIN + "\r\n").encode()
+        assert check.command(session(), b"mail", read(b"MAIL FROM:<a@nowhere.example>")) == (mfcheck.NO_DOMAIN + "\r\n").encode()
 
     def test_rset_forgets(self):
         """After RSET the next transaction starts clean."""
         check, s = checker(), session()
-        check.command(s, b"mail", b"MAIL FROM:<a@nowhere.example>")
-        check.command(s, b"rset", b"RSET")
-        assert check.command(s, b"rcpt", b"RCPT TO:<joe@example.net>") is None
+        check.command(s, b"mail", read(b"MAIL FROM:<a@nowhere.example>"))
+        check.command(s, b"rset", read(b"RSET"))
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<joe@example.net>")) is None
 
     def test_caps(self):
         """The cap per message, then the cap per connection, answer 452."""
         check, s = checker(max_rcpt=2, max_rcpt_conn=3), session()
-        check.command(s, b"mail", b"MAIL FROM:<a@example.org>")
-        got = [check.command(s, b"rcpt", b"RCPT TO:<r%d@example.net>" % n) for n in range(3)]
+        check.command(s, b"mail", read(b"MAIL FROM:<a@example.org>"))
+        got = [check.command(s, b"rcpt", read(b"RCPT TO:<r%d@example.net>" % n)) for n in range(3)]
         assert got == [None, None, b"452 too many recipients (#4.5.3)\r\n"]
-        check.command(s, b"mail", b"MAIL FROM:<a@example.org>")
-        got = [check.command(s, b"rcpt", b"RCPT TO:<s%d@example.net>" % n) for n in range(2)]
+        check.command(s, b"mail", read(b"MAIL FROM:<a@example.org>"))
+        got = [check.command(s, b"rcpt", read(b"RCPT TO:<s%d@example.net>" % n)) for n in range(2)]
         assert got == [None, b"452 too many recipients (#4.5.3)\r\n"]
         assert session.logs[-1][3] == (("rcpt", "s1@example.net"), ("why", "maxrcptconn"), ("count", 3))
 
@@ -312,15 +313,15 @@ class TestFilter:
         """After SMTP AUTH nothing is checked."""
         check, s = checker(max_rcpt=1), session()
         s.authenticated = True
-        assert check.command(s, b"mail", b"MAIL FROM:<a@nowhere.example>") is None
-        assert check.command(s, b"rcpt", b"RCPT TO:<x@y.example>") is None
-        assert check.command(s, b"rcpt", b"RCPT TO:<z@y.example>") is None
+        assert check.command(s, b"mail", read(b"MAIL FROM:<a@nowhere.example>")) is None
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<x@y.example>")) is None
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<z@y.example>")) is None
         assert session.logs == []
 
     def test_mark_sets_suspect_for_later_filters(self):
         """A marking test adds its tag to the session's $QTOOLS_SUSPECT."""
         check, s = checker(mark={"dns"}), session({"QTOOLS_SUSPECT": "rblcheck:x"})
-        assert check.command(s, b"mail", b"MAIL FROM:<a@nowhere.example>") is None
+        assert check.command(s, b"mail", read(b"MAIL FROM:<a@nowhere.example>")) is None
         assert s.environ["QTOOLS_SUSPECT"] == "rblcheck:x mfcheck:dns"
         assert session.logs[0][2] == "mark"
 
@@ -353,13 +354,13 @@ class TestFilter:
     def test_no_helo_is_an_empty_name(self):
         """A client that never said HELO fails the fqdn test."""
         check, s = checker(), session(helo=None)
-        check.command(s, b"mail", b"MAIL FROM:<a@example.org>")
+        check.command(s, b"mail", read(b"MAIL FROM:<a@example.org>"))
         assert session.logs[0][2] == mfcheck.HELO_REFUSED["fqdn"]
 
     def test_backend_refusal_clears(self):
         """A MAIL the backend refuses leaves nothing owed."""
         check, s = checker(), session()
-        check.command(s, b"mail", b"MAIL FROM:<a@nowhere.example>")
+        check.command(s, b"mail", read(b"MAIL FROM:<a@nowhere.example>"))
         check.reply(s, b"mail", [b"553 no\r\n"])
         assert check.pending is None
 

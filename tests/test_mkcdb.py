@@ -2,6 +2,7 @@
 """Tests for `qtools-mkcdb` and `qtools.rules`: formats, tcprules parity, atomic builds."""
 
 import os
+import re
 import random
 import signal
 import socket
@@ -694,7 +695,7 @@ class TestQueryIsTheReadersAnswer:
             env = {"TCPREMOTEIP": ip, "QTOOLS_RESOLVER": "127.0.0.1:9"}
             run = run_prog(["rblcheck", "-T", "0.2", "-A", target, "-r", "x.invalid", "true"], env)
             key = line.split(b" ")[0].strip()
-            assert (b"why=allow key=%s\n" % key in run.err) == bool(line), run.err
+            assert bool(re.search(b"why=allow key=%s[ \n]" % re.escape(key), run.err)) == bool(line), run.err
 
 
 def test_stale_rebuilds_a_list_without_the_mark_once(tmp_path):

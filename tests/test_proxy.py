@@ -29,15 +29,26 @@ class Recorder(proxy.Filter):
         self.passed = []
         self.replies = []
 
-    def command(self, session, verb, line):
-        if verb == b"rcpt" and b"bad" in line:
+    def command(self, session, verb, cmd):
+        if verb == b"rcpt" and b"bad" in cmd.line:
             return b"553 sorry, bad (#5.7.1)\r\n"
-        self.passed.append(line)
+        self.passed.append(cmd.line)
         return None
 
     def reply(self, session, verb, lines):
         self.replies.append((verb, b"".join(lines)))
         return None
+
+
+class Hold(proxy.Filter):
+    """A filter that holds each reply to RCPT for seconds, as the tarpit does."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def reply(self, session, verb, lines):
+        if verb == b"rcpt":
+            session.hold(self.seconds)
 
 
 class Clock:
@@ -82,15 +93,16 @@ class TestFraming:
         assert backend.messages == [b"Subject: x\r\n\r\nbody\r\n.\r\n"]
 
     def test_rejected_rcpt_mid_pipeline(self):
-        """A filter's refusal waits behind the backend's outstanding replies and is never forwarded."""
+        """A pipelined command is filtered once the earlier ones are answered; a refusal is never forwarded."""
         engine, _ = make()
         backend = FakeQmail()
         engine.server_data(backend.greeting)
         engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<bad@d>\r\nRCPT TO:<e@f>\r\n")
         assert bytes(engine.to_client) == b"220 fake.local ESMTP\r\n"
-        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\nRCPT TO:<e@f>\r\n"
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\n"
         engine.server_data(b"250 ok\r\n")
         assert bytes(engine.to_client).endswith(b"250 ok\r\n553 sorry, bad (#5.7.1)\r\n")
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\nRCPT TO:<e@f>\r\n"
         engine.server_data(b"250 ok\r\n")
         assert bytes(engine.to_client).endswith(b"553 sorry, bad (#5.7.1)\r\n250 ok\r\n")
 
@@ -139,9 +151,11 @@ class TestFraming:
         engine, _ = make()
         engine.server_data(b"220 hi\r\n")
         engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\n")
+        assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\n"
+        engine.server_data(b"250 ok\r\n250 ok\r\n")
         assert bytes(engine.to_server) == b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
         del engine.to_server[:]
-        engine.server_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        engine.server_data(b"354 go\r\n")
         assert bytes(engine.to_server) == b"x\r\n.\r\n"
 
     @pytest.mark.parametrize("body", [b"a\n.\nb\r\n.\r\n", b"a\n.\r\nb\r\n.\r\n", b"a\nb\r\n.\r\n"])
@@ -196,13 +210,26 @@ class TestFraming:
         assert len(engine.cin) < 2 * proxy.MAX_LINE
         assert (proxy.TOO_LONG[:-2].decode(), (("why", "toolong"),)) in [a[2:] for a in logs]
 
-    def test_line_at_limit_passes(self):
-        """A line of exactly max_line bytes before its LF still passes."""
-        engine, _ = make(max_line=20)
-        engine.client_data(b"NOOP " + b"x" * 14 + b"\r\n")
-        assert len(engine.to_server) == 21
-        engine.client_data(b"NOOP " + b"x" * 15 + b"\r\n")
-        assert len(engine.to_server) == 21 and engine.queue[-1].reply == proxy.TOO_LONG
+    @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+    @pytest.mark.parametrize("max_line", [20, proxy.MAX_LINE])
+    def test_line_at_limit_passes(self, ending, max_line):
+        """max_line bytes pass and one more is refused, whether the line ends in LF or CR LF, whole or cut before its LF."""
+        engine, _ = make(max_line=max_line)
+        engine.server_data(b"220 hi\r\n")
+        at_limit = b"NOOP " + b"x" * (max_line - 5)
+        engine.client_data(at_limit + ending)
+        assert bytes(engine.to_server) == at_limit + ending
+        engine.server_data(b"250 ok\r\n")
+        engine.client_data(at_limit + b"y" + ending)
+        assert bytes(engine.to_client).endswith(b"250 ok\r\n" + proxy.TOO_LONG)
+        engine.client_data(at_limit + ending[:-1])  # the LF comes later
+        engine.client_data(b"\n")
+        assert bytes(engine.to_server) == (at_limit + ending) * 2
+        engine.server_data(b"250 ok\r\n")
+        engine.client_data(at_limit + b"y" + ending[:-1])
+        engine.client_data(b"\n")
+        assert bytes(engine.to_client).endswith(b"250 ok\r\n" + proxy.TOO_LONG)
+        assert len(engine.to_server) == 2 * len(at_limit + ending)
 
     def test_bdat_not_forwarded(self):
         """BDAT is answered 502 by the proxy, so no backend enters chunk mode."""
@@ -262,7 +289,7 @@ class TestReplies:
     def test_filter_421_closes_after_earlier_replies(self):
         """A filter's 421 is sent after the replies owed before it, then the connection closes."""
         class Limit(proxy.Filter):
-            def command(self, session, verb, line):
+            def command(self, session, verb, cmd):
                 return b"421 go away (#4.3.0)\r\n" if verb == b"rcpt" else None
 
         engine, _ = make([("limit", Limit())])
@@ -276,13 +303,8 @@ class TestReplies:
 
     def test_hold_delays_in_turn(self):
         """A held reply and the replies behind it wait; two holds add up."""
-        class Slow(proxy.Filter):
-            def reply(self, session, verb, lines):
-                if verb == b"rcpt":
-                    session.hold(5)
-
         clock = Clock()
-        engine, _ = make([("slow", Slow())], clock=clock)
+        engine, _ = make([("slow", Hold(5))], clock=clock)
         engine.server_data(b"220 hi\r\n")
         engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nNOOP\r\n")
         engine.server_data(b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n")
@@ -317,7 +339,7 @@ class TestReplies:
     def test_reply_without_line_end(self):
         """A filter reply without CR LF gets one, so the client is not left waiting."""
         class Terse(proxy.Filter):
-            def command(self, session, verb, line):
+            def command(self, session, verb, cmd):
                 return b"550 no"
 
         engine, _ = make([("terse", Terse())])
@@ -350,7 +372,7 @@ class TestReplies:
             def __init__(self, name):
                 self.name = name
 
-            def command(self, session, verb, line):
+            def command(self, session, verb, cmd):
                 seen.append((self.name, session.prog, "command"))
 
             def reply(self, session, verb, lines):
@@ -365,7 +387,7 @@ class TestReplies:
     def test_broken_filter_fails_open(self, capfd):
         """A filter that raises is logged and the command passes."""
         class Broken(proxy.Filter):
-            def command(self, session, verb, line):
+            def command(self, session, verb, cmd):
                 raise ValueError("oops")
 
         engine, _ = make([("broken", Broken())])
@@ -384,6 +406,43 @@ class TestReplies:
         del engine.to_client[:]
         assert engine.finished()
 
+
+class TestMemory:
+    """Every buffer is bounded, replies the tarpit holds included."""
+
+    def test_pipelining_behind_a_held_reply(self):
+        """Finding 7: NOOPs pipelined behind a held reply stop being read; nothing grows; all are answered in turn."""
+        clock = Clock()
+        engine, _ = make([("hold", Hold(60))], clock=clock)
+        backend = FakeQmail()
+        engine.server_data(backend.greeting)
+        engine.client_data(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
+        block = b"NOOP\r\n" * (65536 // 6)
+        sent = peak = 0
+
+        def answer():
+            while engine.to_server:
+                data = bytes(engine.to_server)
+                del engine.to_server[:]
+                engine.server_data(backend.feed(data))
+
+        for _ in range(300):  # 20 MB offered, read only while the engine wants it
+            answer()
+            if engine.wants_input():
+                engine.client_data(block)
+                sent += len(block)
+            peak = max(peak, engine.buffered())
+        assert engine.deadline() == clock.now + 60
+        assert not engine.wants_input()
+        assert sent < 2 * len(block) and peak < 2 * len(block), (sent, peak)
+        assert len(engine.queue) <= proxy.MAX_OWED
+        clock.now += 60
+        engine.tick()
+        answer()
+        got = bytes(engine.to_client)
+        assert not engine.cin and len(backend.commands) == 2 + sent // 6
+        assert replies(got) == [b"220", b"250", b"250"] + [b"250"] * (sent // 6)
+        assert engine.wants_input() and not engine.queue
 
 class TestStarttls:
     """STARTTLS: never a blind relay, never plaintext injection."""
@@ -416,6 +475,117 @@ class TestStarttls:
         engine.server_data(b"220 hi\r\n")
         engine.client_data(b"STARTTLS\r\n")
         assert bytes(engine.to_client).endswith(proxy.TLS_READY) and engine.tls_pending
+
+    @pytest.mark.parametrize("behind", ["backend", "tarpit"])
+    @pytest.mark.parametrize("segments", [1, 3, "bytes"])
+    def test_injection_before_and_after_220(self, behind, segments):
+        """Finding 4: plaintext sent while the 220 waits (behind backend or held replies) or after it never runs."""
+        clock = Clock()
+        engine, session = make([("hold", Hold(5))], tls=True, clock=clock)
+        backend = FakeQmail()
+        engine.server_data(backend.greeting)
+        if behind == "backend":
+            start = b"EHLO a\r\n" + b"NOOP\r\n" * 50 + b"STARTTLS\r\n"
+        else:
+            start = b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nSTARTTLS\r\n"
+        injected = b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@x>\r\nDATA\r\n"
+
+        def pieces(data):
+            if segments == "bytes":
+                return [data[i : i + 1] for i in range(len(data))]
+            size = -(-len(data) // segments)
+            return [data[i : i + size] for i in range(0, len(data), size)]
+
+        owed = bytearray()  # the backend's replies the engine has not heard yet
+
+        def answer(lines):
+            for _ in range(lines):  # hand over one reply line at a time
+                owed.extend(backend.feed(bytes(engine.to_server)))
+                del engine.to_server[:]
+                end = owed.find(b"\n") + 1
+                if end:
+                    line = bytes(owed[:end])
+                    del owed[:end]
+                    engine.server_data(line)
+
+        for piece in pieces(start):
+            engine.client_data(piece)
+        answer(6)  # some replies are in, STARTTLS still waits behind the others
+        assert not engine.tls_pending
+        for piece in pieces(injected):
+            engine.client_data(piece)
+        answer(100)
+        if behind == "tarpit":
+            assert not engine.tls_pending and engine.deadline() == clock.now + 5
+            for piece in pieces(b"RSET\r\n" + injected):  # while the hold lasts
+                engine.client_data(piece)
+            clock.now += 5
+            engine.tick()
+        assert bytes(engine.to_client).endswith(proxy.TLS_READY) and engine.tls_pending
+        for piece in pieces(b"QUIT\r\n" + injected):  # after the 220, before the handshake
+            engine.client_data(piece)
+        engine.tls_started()
+        answer(1)
+        engine.client_data(b"EHLO b\r\nNOOP\r\n")  # what TLS decrypts
+        answer(10)
+        before = [b"NOOP"] * 50 if behind == "backend" else [b"MAIL FROM:<a@b>", b"RCPT TO:<c@d>"]
+        assert backend.commands == [b"EHLO a"] + before + [b"RSET", b"EHLO b", b"NOOP"]
+        assert session.tls and not engine.cin
+
+    @pytest.mark.parametrize("when", ["same-write", "held", "after"])
+    def test_injection_with_real_tls(self, when, tmp_path, vcdb, certificate):
+        """Finding 4 through proxyio and a real handshake: injected plaintext never reaches the backend."""
+        cert, key = certificate
+        raw = tmp_path / "raw"
+        chain = ["tarpit", "-c", "1", "-t", "2"] if when == "held" else []
+        ours, theirs = socket.socketpair()
+        process = subprocess.Popen(
+            [os.path.join(VENV_BIN, "validrcptto")] + chain + [sys.executable, HELPER, str(raw)],
+            stdin=theirs, stdout=theirs, stderr=subprocess.PIPE,
+            env=base_env(env_for(vcdb, QTOOLS_TLS_CERT=cert, QTOOLS_TLS_KEY=key)))
+        theirs.close()
+        ours.settimeout(20)
+        injected = b"MAIL FROM:<evil@x>\r\nRCPT TO:<ok@example.com>\r\nDATA\r\nevil\r\n.\r\n"
+        if when == "held":
+            start = b"EHLO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ok@example.com>\r\nSTARTTLS\r\n"
+        else:
+            start = b"EHLO a\r\n" + b"NOOP\r\n" * 200 + b"STARTTLS\r\n"
+        if when == "same-write":
+            ours.sendall(start + injected)
+        else:
+            ours.sendall(start)
+        if when == "held":
+            for i in range(0, len(injected), 20):  # several segments while the 220 waits
+                time.sleep(0.2)
+                ours.sendall(injected[i : i + 20])
+        got = b""
+        while not got.endswith(proxy.TLS_READY):
+            block = ours.recv(65536)
+            assert block, got[-300:]
+            got += block
+        context = ssl.create_default_context(cafile=cert)
+        if when == "after":
+            ours.sendall(injected)  # plaintext after the 220: the handshake fails
+            with pytest.raises((ssl.SSLError, OSError)):
+                context.wrap_socket(ours, server_hostname="localhost").sendall(b"EHLO b\r\n")
+        else:
+            tls = context.wrap_socket(ours, server_hostname="localhost")
+            secure = tls.makefile("rb")
+            tls.sendall(b"EHLO b\r\n")
+            assert read_reply(secure).startswith(b"250")
+            tls.sendall(b"QUIT\r\n")
+            assert read_reply(secure).startswith(b"221")
+            tls.close()
+        ours.close()
+        err = process.communicate(timeout=20)[1]
+        assert b"Traceback" not in err and b"fatal" not in err, err
+        assert (b"end why=tls" if when == "after" else b"end why=eof") in err, err
+        commands = FakeQmail()
+        commands.feed(raw.read_bytes())
+        assert not any(b"evil" in c for c in commands.commands), commands.commands
+        assert commands.messages == []
+        if when != "after":
+            assert commands.commands[-3:] == [b"RSET", b"EHLO b", b"QUIT"]
 
     def test_starttls_with_parameter(self):
         """STARTTLS with a parameter gets 501 and no TLS."""
@@ -681,7 +851,7 @@ class TestProgram:
         assert b"end why=eof signal=15" in result.err
 
     def test_silent_backend_after_client_left(self, vcdb):
-        """A backend that never answers a client who has left is cut off by the idle timeout."""
+        """A backend that never answers a client who has left is cut off (here by the idle timeout)."""
         script = "echo '220 x'; exec sleep 60"
         start = time.monotonic()
         result = run_prog(["validrcptto", "sh", "-c", script],
@@ -689,6 +859,58 @@ class TestProgram:
         assert time.monotonic() - start < 30
         assert result.out == b"220 x\n" + proxy.TIMEOUT
         assert b"end why=timeout signal=15" in result.err
+
+    @pytest.mark.parametrize("trap", ["", "trap '' TERM; "])
+    def test_backend_ignoring_the_close(self, vcdb, trap):
+        """Finding 10: a backend that stays after the client left gets 5 s, then SIGTERM, then SIGKILL."""
+        script = trap + "echo '220 x'; exec sleep 60"
+        start = time.monotonic()
+        result = run_prog(["validrcptto", "sh", "-c", script], env_for(vcdb), b"NOOP\r\n",
+                          timeout=60)
+        elapsed = time.monotonic() - start
+        assert result.out == b"220 x\n" + proxy.TIMEOUT
+        if trap:
+            assert 6.5 < elapsed < 15 and b"end why=timeout signal=9" in result.err
+        else:
+            assert 4.5 < elapsed < 10 and b"end why=timeout signal=15" in result.err
+
+    def test_total_timeout_while_queuing(self, vcdb):
+        """Finding 10: the total timeout waits for the reply to the final dot, then says 421."""
+        backend = (
+            "import os, sys, time\n"
+            "w = lambda b: os.write(1, b)\n"
+            "w(b'220 x\\r\\n'); data = b''; body = False\n"
+            "while True:\n"
+            "    got = os.read(0, 4096)\n"
+            "    if not got: break\n"
+            "    data += got\n"
+            "    while True:\n"
+            "        if body:\n"
+            "            end = data.find(b'\\r\\n.\\r\\n')\n"
+            "            if end < 0: break\n"
+            "            data, body = data[end + 5:], False\n"
+            "            time.sleep(3); w(b'250 ok queued\\r\\n'); continue\n"
+            "        end = data.find(b'\\n')\n"
+            "        if end < 0: break\n"
+            "        line, data = data[:end], data[end + 1:]\n"
+            "        body = line.startswith(b'DATA')\n"
+            "        w(b'354 go\\r\\n' if body else b'250 ok\\r\\n')\n"
+        )
+        argv = [os.path.join(VENV_BIN, "validrcptto"), sys.executable, "-c", backend]
+        env = env_for(vcdb, QTOOLS_TOTAL_TIMEOUT="1")
+        process = subprocess.Popen(argv, env=base_env(env), stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        start = time.monotonic()
+        process.stdin.write(b"HELO a\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ok@example.com>\r\nDATA\r\n"
+                            b"hello\r\n.\r\n")
+        process.stdin.flush()
+        out = process.stdout.read()  # stdin stays open: the proxy ends it
+        elapsed = time.monotonic() - start
+        process.stdin.close()
+        process.wait(30)
+        assert out.endswith(b"354 go\r\n250 ok queued\r\n" + proxy.TIMEOUT), out
+        assert 2.5 < elapsed < 15
+        assert b"end why=timeout" in process.stderr.read()
 
     def test_idle_timeout(self, vcdb):
         """An idle client gets 421 and the child is ended."""

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import base_env, make_client, read_maildir, run_prog, sink_cmd, VENV_BIN
+from qtools.address import read
 from qtools import core, throttle
 from qtools.throttlestore import Admission, DirStore, StoreError
 
@@ -367,7 +368,7 @@ class TestProgram:
             authenticated, mail_from = True, b"a@b"
 
         limits = throttle.Limits(config(msgrate=1, rcptrate=1), FakeStore(error="x"), "n")
-        assert limits.command(Session(), b"mail", b"MAIL FROM:<a@b>") is None
+        assert limits.command(Session(), b"mail", read(b"MAIL FROM:<a@b>")) is None
 
     @pytest.mark.parametrize("fail_closed, reply", [(False, None), (True, b"451 ")])
     def test_proxy_store_failure(self, fail_closed, reply):
@@ -380,7 +381,7 @@ class TestProgram:
 
         limits = throttle.Limits(config(rcptrate=1, fail_closed=fail_closed),
                                  FakeStore(error="unable to update x: i/o error"), "n")
-        got = limits.command(Session(), b"rcpt", b"RCPT TO:<c@d>")
+        got = limits.command(Session(), b"rcpt", read(b"RCPT TO:<c@d>"))
         assert (got if got is None else got[:4]) == reply
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import read_maildir, run_prog, sink_cmd
 from qtools import core, proxy, validrcptto
+from qtools.address import read
 from qtools.validrcptto import NOT_LISTED
 
 CDB = {
@@ -96,7 +97,7 @@ class TestCheck:
         logs = []
         check = validrcptto.Check(CDB, limit=3)
         s = session(logs)
-        got = [check.command(s, b"rcpt", b"RCPT TO:<x%d@example.com>" % n) for n in range(3)]
+        got = [check.command(s, b"rcpt", read(b"RCPT TO:<x%d@example.com>" % n)) for n in range(3)]
         assert got[:2] == [b"553 " + NOT_LISTED.encode() + b"\r\n"] * 2
         assert got[2] == b"421 too many invalid addresses, goodbye (#4.3.0)\r\n"
         assert logs[-1] == ("421 too many invalid addresses, goodbye (#4.3.0)",
@@ -106,27 +107,27 @@ class TestCheck:
         """Valid recipients neither count nor reset the count."""
         check = validrcptto.Check(CDB, limit=2)
         s = session([])
-        assert check.command(s, b"rcpt", b"RCPT TO:<bad@example.com>")[:3] == b"553"
-        assert check.command(s, b"rcpt", b"RCPT TO:<joe@example.com>") is None
-        assert check.command(s, b"rcpt", b"RCPT TO:<bad2@example.com>")[:3] == b"421"
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<bad@example.com>"))[:3] == b"553"
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<joe@example.com>")) is None
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<bad2@example.com>"))[:3] == b"421"
 
     def test_limit_zero_never_hangs_up(self):
         """VALIDRCPTTO_LIMIT=0 refuses forever without hanging up."""
         check = validrcptto.Check(CDB, limit=0)
         s = session([])
         for n in range(50):
-            assert check.command(s, b"rcpt", b"RCPT TO:<x%d@example.com>" % n)[:3] == b"553"
+            assert check.command(s, b"rcpt", read(b"RCPT TO:<x%d@example.com>" % n))[:3] == b"553"
 
     def test_authenticated_steps_aside(self):
         """After the backend accepted SMTP AUTH, recipients are not checked."""
         s = session([])
         s.authenticated = True
-        assert validrcptto.Check(CDB, strict=True).command(s, b"rcpt", b"RCPT TO:<x@far.example>") is None
+        assert validrcptto.Check(CDB, strict=True).command(s, b"rcpt", read(b"RCPT TO:<x@far.example>")) is None
 
     def test_other_verbs_pass(self):
         """Only RCPT is checked."""
         check = validrcptto.Check(CDB)
-        assert check.command(session([]), b"mail", b"MAIL FROM:<nobody@example.com>") is None
+        assert check.command(session([]), b"mail", read(b"MAIL FROM:<nobody@example.com>")) is None
 
     @pytest.mark.parametrize(
         "level, expected",
@@ -145,8 +146,8 @@ class TestCheck:
         logs = []
         check = validrcptto.Check(CDB, level=level)
         s = session(logs)
-        check.command(s, b"rcpt", b"RCPT TO:<joe@example.com>")
-        check.command(s, b"rcpt", b"RCPT TO:<no@example.com>")
+        check.command(s, b"rcpt", read(b"RCPT TO:<joe@example.com>"))
+        check.command(s, b"rcpt", read(b"RCPT TO:<no@example.com>"))
         assert logs == expected
 
 

@@ -11,7 +11,7 @@ from conftest import REPO, SINK, read_maildir, smtp_from
 
 pytestmark = pytest.mark.e2e
 PYTHON = "/usr/bin/python3"
-PROGRAMS = ["greylist", "qtools-mkcdb", "rblcheck", "rhostcheck", "tarpit", "validrcptto"]
+PROGRAMS = sorted(os.listdir(os.path.join(REPO, "bin")))
 
 
 def make(*args):
