@@ -54,7 +54,9 @@ def block(sender, recipients, why, client_ip, now=None):
                                                 time.gmtime(now)).encode(),
              b"X-Qtools-Envelope-From: " + xtext(sender)]
     lines += [b"X-Qtools-Envelope-To: " + xtext(r) for r in recipients]
-    first = FIRST + b"%d lines; %s" % (len(lines) + 1, why.encode("ascii", "replace"))
+    from qtools.core import clean
+
+    first = FIRST + b"%d lines; %s" % (len(lines) + 1, clean(why, 900).encode("ascii"))
     return b"".join(line + b"\n" for line in [first] + lines)
 
 

@@ -84,14 +84,20 @@ def _spam_header(value):
     """Read " True ; 1002.7 / 5.0" as (True, "1002.7", "5.0"), or raise ScanError."""
     try:
         flag, _, numbers = value.decode("ascii").partition(";")
-        score, slash, required = numbers.partition("/")
-        flag, score, required = flag.strip(), score.strip(), required.strip()
-        float(score), float(required)
-    except (UnicodeDecodeError, ValueError):
-        raise ScanError("protocol", "bad Spam: header: %s" % _shown(value)) from None
-    if not slash or flag not in ("True", "False", "Yes", "No"):
+    except UnicodeDecodeError:
+        flag, numbers = "", ""
+    score, slash, required = numbers.partition("/")
+    flag, score, required = flag.strip(), score.strip(), required.strip()
+    if not slash or flag not in ("True", "False", "Yes", "No") or not (_decimal(score) and _decimal(required)):
         raise ScanError("protocol", "bad Spam: header: %s" % _shown(value))
     return flag in ("True", "Yes"), score, required
+
+
+def _decimal(text):
+    """True for what spamd's %2.1f writes: digits, a point and digits, maybe a minus (no nan, inf or 1_0)."""
+    whole, _, fraction = text[1:].partition(".") if text.startswith("-") else text.partition(".")
+    return (whole.isascii() and whole.isdigit() and len(whole) < 12
+            and (fraction == "" and "." not in text or fraction.isascii() and fraction.isdigit()))
 
 
 def _shown(data):

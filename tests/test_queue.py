@@ -234,6 +234,18 @@ def test_spamd_request_and_answer(fakes, spool):
                                b"Subject: x\n\nbody\n"]
 
 
+@pytest.mark.parametrize(("numbers", "expected"), [(b"7.3 / 5.0", ("7.3", "5.0")), (b"-2.1 / 5", ("-2.1", "5")),
+                                                   (b"1002.7/5.0", ("1002.7", "5.0"))])
+def test_spamd_scores_as_spamd_wrote_them(numbers, expected):
+    result = spamc.parse(b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; " + numbers + b"\r\n\r\n")
+    assert (result.score, result.required) == expected
+
+
+def test_quarantine_verdict_cannot_break_the_block():
+    block = quarantine.block(b"a@b", [b"c@d"], "virus virus=Evil\nX-Qtools-Envelope-To: e@f", "192.0.2.7")
+    assert block.count(b"\n") == 5 and block.count(b"X-Qtools-Envelope-To") == 2  # one in the first line
+
+
 def test_spamd_user_with_control_characters_is_left_out():
     assert b"User" not in spamc.request("SYMBOLS", 3, "a\tb@c")
     assert b"User" not in spamc.request("SYMBOLS", 3, None)
@@ -245,6 +257,10 @@ BAD_ANSWERS = [
     (spamc, b"SPAMD/1.0 76 Bad header line: x\r\n", "error"),
     (spamc, b"SPAMD/1.1 0 EX_OK\r\nSpam: Maybe ; 1 / 5\r\n\r\n", "protocol"),
     (spamc, b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; x / 5\r\n\r\n", "protocol"),
+    (spamc, b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; inf / 5.0\r\n\r\n", "protocol"),
+    (spamc, b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1_0.0 / 5.0\r\n\r\n", "protocol"),
+    (spamc, b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1.0. / 5.0\r\n\r\n", "protocol"),
+    (spamc, b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; -nan / 5.0\r\n\r\n", "protocol"),
     (spamc, b"SPAMD/1.1 0 EX_OK\r\nContent-length: 9\r\nSpam: True ; 9 / 5\r\n\r\nGTUBE", "protocol"),
     (spamc, b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\n\r\n", "protocol"),
     (clamd, b"INSTREAM size limit exceeded. ERROR\0", "toobig"),
