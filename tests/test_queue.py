@@ -10,6 +10,8 @@ import stat
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import run_prog
 from helpers_queue import (EICAR, FakeScanner, envelope, make_standin, queued, run_queue)
@@ -521,3 +523,31 @@ def test_unreadable_envelope_descriptor(standin):
     run = run_prog(["qtools-queue"], env=env, stdin=MESSAGE)
     assert (run.rc, queued(out)) == (54, [])
     assert b"qtools-queue: fatal: unable to read the envelope: bad file descriptor" in run.err
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.builds(
+    lambda flag, score, rest: b"SPAMD/1.1 0 EX_OK\r\nSpam: " + flag + b" ; " + score + b" / 5.0" + rest,
+    st.sampled_from([b"True", b"False", b"Maybe", b""]), st.binary(max_size=12), st.binary(max_size=40)))
+def test_any_spamd_answer_is_a_result_or_a_scan_error(answer):
+    try:
+        result = spamc.parse(answer)
+    except ScanError:
+        return
+    float(result.score), float(result.required)
+    queue.decide(pol(thresholds=THRESHOLDS, quarantine="/q"), result, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_clamd_answer_and_envelope_has_an_answer(data):
+    try:
+        name = clamd.parse(data)
+        assert name is None or isinstance(name, str)
+    except ScanError:
+        pass
+    try:
+        sender, recipients = queuemsg.parse_envelope(data)
+        assert queuemsg.envelope(sender, recipients) == data[:len(queuemsg.envelope(sender, recipients))]
+    except queuemsg.EnvelopeError as error:
+        assert error.code in (11, 54, 91)
