@@ -8,9 +8,11 @@ BINDIR ?= $(PREFIX)/bin
 LIBDIR ?= $(PREFIX)/lib/qtools
 FAST ?=
 PIPFLAGS ?=
-PROGRAMS = greylist mfcheck rblcheck rhostcheck tarpit throttle validrcptto qtools-mkcdb qtools-report qtools-adaptive qtools-list
+PROGRAMS = greylist mfcheck rblcheck rhostcheck tarpit throttle validrcptto qtools-mkcdb qtools-report qtools-adaptive qtools-list qtools-queue
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
 DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools chromium python3-pip
+# qtools-queue's scanners: spamd (its own package since Debian 12) and clamd.
+DEBS += spamassassin spamd spamc clamav clamav-daemon
 
 VPY = $(VENV)/bin/python
 

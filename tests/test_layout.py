@@ -13,7 +13,7 @@ from qtools import core
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = sorted(core.PROGRAMS) + ["qtools-adaptive", "qtools-list", "qtools-mkcdb",
-                                      "qtools-report"]
+                                      "qtools-queue", "qtools-report"]
 # qtools.list would read as the builtin's name: the module of qtools-list is listedit.
 MODULES = {"qtools-list": "qtools.listedit"}
 

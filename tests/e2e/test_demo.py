@@ -86,7 +86,8 @@ def test_demo_serves_the_whole_chain(demo):
     messages = read_maildir(maildir)
     assert len(messages) == 1
     assert b"X-Sink-To: <joe@example.com>" in messages[0]
-    assert b"\r\n\r\nhello\r\n" in messages[0]
+    # qtools-queue behind the sink: stored with qmail-smtpd's LF line ends
+    assert b"\n\nhello\n" in messages[0]
     code, text = send(port, "127.0.0.5", "nobody@example.com")
     assert (code, text) == (553, b"sorry, this recipient is not in my validrcptto list (#5.7.1)")
     code, text = send(port, "127.0.0.2", "joe@example.com")
@@ -99,6 +100,7 @@ def test_demo_serves_the_whole_chain(demo):
     assert "greylist: 127.0.0.1 pid " in logged
     assert "throttle: 127.0.0.2 pid " in logged
     assert "rblcheck: 127.0.0.2 pid " in logged
+    assert "qtools-queue: 127.0.0.1 pid " in logged
 
 
 def test_demo_throttles_a_fourth_connection(demo):
