@@ -12,7 +12,7 @@ PROGRAMS = greylist mfcheck rblcheck rhostcheck tarpit throttle validrcptto qtoo
 # Debian packages the end-to-end tests, the demo and the benchmarks use.
 DEBS = ucspi-tcp rbldnsd swaks redis-server openssl mandoc freecdb daemontools chromium python3-pip
 # qtools-queue's scanners: spamd (its own package since Debian 12) and clamd.
-DEBS += spamassassin spamd spamc clamav clamav-daemon
+DEBS += spamassassin spamd spamc clamav clamav-daemon faketime
 
 VPY = $(VENV)/bin/python
 
