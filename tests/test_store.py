@@ -270,7 +270,7 @@ class TestFailures:
     def test_missing_root_is_not_created(self, tmp_path):
         """A missing root is an error to report, not a directory to create."""
         s = DirStore(str(tmp_path / "missing"))
-        with pytest.raises(StoreError, match=r"unable to create .*/missing/grey: no such file"):
+        with pytest.raises(StoreError, match=r"unable to open .*/missing: no such file"):
             s.check("k", T0)
         assert not (tmp_path / "missing").exists()
 
@@ -314,8 +314,8 @@ class TestCreation:
         s = make(tmp_path)
         real = os.link
 
-        def link(src, dst):
-            real(src, dst)
+        def link(src, dst, **where):
+            real(src, dst, **where)
             raise FileExistsError(17, "File exists")
 
         monkeypatch.setattr(os, "link", link)
@@ -328,16 +328,17 @@ class TestCreation:
         import _thread
 
         s = make(tmp_path)
+        parts = s._place("grey", T0, 0, "k")
         path = s._path("grey", T0, 0, "k")
         os.makedirs(os.path.dirname(path))
         temp = os.path.join(os.path.dirname(path), ".tmp.%d.%d" % (os.getpid(), _thread.get_ident()))
         open(temp, "w").close()
         os.link(temp, path + "-elsewhere")
-        assert s._create(path, T0, "k") is True
+        assert s._create(parts, "k", T0, "k") is True
         open(temp, "w").close()
         os.link(temp, path + "-again")
         # The entry exists now: a creation racing with it must lose.
-        assert s._create(path, T0 + 1, "k") is False
+        assert s._create(parts, "k", T0 + 1, "k") is False
         assert not os.path.exists(temp)
         assert os.stat(path).st_mtime == T0
 
