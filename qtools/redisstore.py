@@ -68,9 +68,14 @@ def _number(text):
 def describe_url(url):
     """Return url without its user, password and options, for messages and logs."""
     scheme, _, rest = url.partition("://")
-    # Up to the last @ before the options: a password may hold an @ or a /
-    # its writer forgot to escape, and must not show even then.
-    return "%s://%s" % (scheme, rest.split("?", 1)[0].rpartition("@")[2])
+    # From the last @ to the options: a password may hold an @ or a / its
+    # writer forgot to escape, and must not show even then.  A ? before
+    # that @ may have been the password's own (or an option's @): then
+    # nothing after the scheme is sure not to be part of a password.
+    head, _, tail = rest.rpartition("@")
+    if "?" in head:
+        return "%s://..." % scheme
+    return "%s://%s" % (scheme, tail.split("?", 1)[0])
 
 
 class RedisStore(Store):

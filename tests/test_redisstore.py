@@ -243,6 +243,11 @@ class TestFailures:
             ("redis://:pa@ss@h/0", "redis://h/0"),
             ("unix://:x@y@/s", "unix:///s"),
             ("redis://:pa/ss@h:99999/0", "redis://h:99999/0"),
+            # a ? before the last @: in the password or the options
+            ("redis://:se?cret@h:6379/0", "redis://..."),
+            ("redis://:se?cr@et@h/0", "redis://..."),
+            ("redis://h/0?password=se@cret", "redis://..."),
+            ("unix://:se?cret@/run/redis.sock", "unix://..."),
         ],
     )
     def test_describe_url(self, url, shown):
@@ -257,7 +262,10 @@ class TestFailures:
              "invalid store redis://127.0.0.1:6379/0: bad value for socket_timeout"),
             ("redis://127.0.0.1:6379/0?timeout=1",
              "invalid store redis://127.0.0.1:6379/0: unknown option timeout"),
-            ("redis://:pa/ss@127.0.0.1:99999/0", "invalid store redis://127.0.0.1:99999/0: bad port"),
+            ("redis://:pa/ss@127.0.0.1:99999/0", "invalid store redis://127.0.0.1:99999/0:"
+             " an @ after a / or ?: write / ? @ in a password as %2F %3F %40"),
+            ("redis://:se?cret@127.0.0.1:6379/0", "invalid store redis://...:"
+             " an @ after a / or ?: write / ? @ in a password as %2F %3F %40"),
         ],
     )
     def test_bad_url(self, url, message):
@@ -349,6 +357,19 @@ class TestTranscript:
             assert b"pw" not in without.err + result.err
         finally:
             redis.stop()
+
+    def test_unescaped_password_never_logged(self, redis):
+        """--- a password with a ? or / written as it is: refused, no part of it in the log."""
+        for url in ("redis://:se?cret@127.0.0.1:%d/0", "redis://:se/cret@127.0.0.1:%d/0",
+                    "redis://127.0.0.1:%d/0?password=se@cret"):
+            url %= redis.port
+            result = run_prog(["greylist", url, "echo", "ok"], {"TCPREMOTEIP": "192.0.2.7"}, SESSION)
+            assert (result.rc, result.out) == (0, b"ok\n")
+            assert b"an @ after a / or ?" in result.err
+            for part in (b":se", b"=se", b"cret"):
+                assert part not in result.err, (url, result.err)
+            shown = run_prog(["greylist", "-q", url])
+            assert shown.rc == 111 and b"cret" not in shown.err and b":se" not in shown.err
 
     def test_down_fails_open(self, redis):
         """--- a stopped Redis is warned about and the connection handed on."""
