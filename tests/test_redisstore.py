@@ -475,6 +475,16 @@ class TestTranscript:
                 'greylist: 192.0.2.7 pid x: pass why=failure error="unable to use %s: malformed'
                 " reply to EVAL: b'OK'\"" % fake.url]
 
+    def test_error_text_is_cleaned(self):
+        """--- a server's error text with NUL, control bytes and non-UTF-8 reaches the log clean."""
+        with OkServer(b"-ERR evil\0\x1b[2J\xff\xfe text\r\n") as fake:
+            result = run_prog(["greylist", fake.url, "echo", "ok"], {"TCPREMOTEIP": "192.0.2.7"}, SESSION)
+            assert (result.rc, result.out) == (0, b"ok\n")
+            assert result.err.decode().splitlines() == [
+                "greylist: warning: unable to use %s: evil??[2J?? text" % fake.url,
+                'greylist: 192.0.2.7 pid x: pass why=failure error="unable to use %s: evil??[2J??'
+                ' text"' % fake.url]
+
     def test_decide_with_redis(self, greystore):
         """decide works on a Redis store as on a directory."""
         s = greystore()
@@ -556,9 +566,10 @@ class TestTwoMX:
 
 
 class OkServer:
-    """A server on a loopback port that answers +OK to every RESP command."""
+    """A server on a loopback port that answers +OK (or reply) to every RESP command."""
 
-    def __init__(self):
+    def __init__(self, reply=b"+OK\r\n"):
+        self.reply = reply
         import socket
         import threading
 
@@ -591,7 +602,7 @@ class OkServer:
                     if size is None:
                         break
                     buffer = buffer[size:]
-                    conn.sendall(b"+OK\r\n")
+                    conn.sendall(self.reply)
 
     def __enter__(self):
         return self
