@@ -222,9 +222,11 @@ class DirStore(Store):
 
     def close(self):
         """Let go of the open root directory."""
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
+
+    __del__ = close  # a store dropped unclosed (a filter's, at the session's end)
 
     def _own(self, fd):
         if self._owner is not None:
