@@ -619,7 +619,11 @@ def _when(t):
 
 def describe(key, state):
     """Return one line of `greylist -q` output for key."""
-    parts = [key, state.status]
+    from qtools.core import clean
+
+    # A key comes from the store's names and the clients' addresses: no
+    # control byte of theirs reaches root's terminal.
+    parts = [clean(key, None), state.status]
     if state.first is not None and state.status != "new":
         parts.append("first=" + _when(state.first))
     if state.last is not None:

@@ -496,6 +496,25 @@ class TestHostileStore:
         finally:
             os.close(fd)
 
+    def test_commands_from_the_shell(self, hostile):
+        """--- the installed greylist -A, -D, -q and -P as root over planted links."""
+        from conftest import run_prog
+
+        s, victim = hostile
+        plant(os.path.join(s.root, "grey", "1000000000"), victim)
+        plant(s._path("pass", time.time(), 0, "192.0.2.0%2F24"), os.path.join(victim, "file"))
+        plant(s._path("pass", time.time(), 0, "%1B%5D0%3Bevil%07"), os.path.join(victim, "file"))
+        for argv in (["-A", s.root, "192.0.2.7"], ["-D", s.root, "192.0.2.7"],
+                     ["-A", s.root, "198.51.100.7"], ["-P", s.root]):
+            result = run_prog(["greylist"] + argv)
+            assert result.rc == 0 and result.err == b"", (argv, result)
+        listed = run_prog(["greylist", "-q", s.root])
+        assert listed.rc == 0
+        assert all(32 <= b < 127 for b in listed.out.replace(b"\n", b"")), listed.out
+        assert sorted(line.split()[0] for line in listed.out.splitlines()) == [
+            b"192.0.2.0/24", b"198.51.100.0/24", b"?]0;evil?"]  # a terminal escape, cleaned
+        assert not os.path.lexists(os.path.join(s.root, "grey", "1000000000"))
+
     def test_swapped_under_a_running_command(self, hostile):
         """The store's owner swaps files and directories for links while root runs -A, -D and -P."""
         s, victim = hostile
