@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: ISC
-"""Tests for `qtools.store`, the greylist timers and the directory store."""
+"""Tests for `qtools.store` and `qtools.dirstore`: the greylist timers and the directory store."""
 
 import multiprocessing
 import os
