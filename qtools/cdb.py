@@ -35,9 +35,12 @@ class Reader:
             posix.close(fd)
             raise
         self._fd = fd
+        self._size = size
 
     def _read(self, at, count):
-        return posix.pread(self._fd, count, at)
+        # pread allocates count bytes before reading: a length read from
+        # a crafted file must not ask for more than the file holds.
+        return posix.pread(self._fd, min(count, max(self._size - at, 0)), at)
 
     def close(self):
         if self._fd >= 0:
@@ -81,15 +84,28 @@ class Reader:
         return self.get(key) is not None
 
     def items(self):
-        """Yield every (key, value) in file order."""
+        """Yield every (key, value) in file order; raise OSError where the file lies.
+
+        Every length is checked against the file before it is used, so a
+        crafted file costs no more than its size (cdbdump's "truncated file").
+        """
         end = _u32(self._read(0, 4), 0)  # the first hash table starts after the records
+        if not 2048 <= end <= self._size:
+            raise self._broken("the records end at %d, past the end of the file" % end)
         data = self._read(0, end)  # read whole: a dump reads them all
         at = 2048
         while at < end:
+            if at + 8 > end:
+                raise self._broken("a record header at %d runs past the records" % at)
             klen, dlen = _u32(data, at), _u32(data, at + 4)
             start = at + 8
+            if klen + dlen > end - start:
+                raise self._broken("the record at %d runs past the records" % at)
             yield data[start : start + klen], data[start + klen : start + klen + dlen]
             at = start + klen + dlen
+
+    def _broken(self, why):
+        return OSError(0, "not a cdb file (%s)" % why, self.path)
 
 
 # --- Writing ------------------------------------------------------------------

@@ -35,8 +35,9 @@ class Usage(Exception):
 
 def _write_err(line):
     # fd 2 directly, unbuffered, as djb's programs do: a line is never lost
-    # in a buffer when the process is replaced by exec.
-    data = (line + "\n").encode("utf-8", "backslashreplace")
+    # in a buffer when the process is replaced by exec.  Every line passes
+    # clean(): a message may hold outside text (a path, a server's error).
+    data = (clean(line, None) + "\n").encode("ascii")
     try:
         posix.write(2, data)
     except OSError:
@@ -332,13 +333,26 @@ def trusted(environ):
 
 
 def clean(text, limit=200):
-    """Cut outside text to limit characters of printable ASCII ("?" for others)."""
-    text = text[:limit]
+    """Return outside text cut to limit characters of printable ASCII, "?" for every other.
+
+    The one cleaning function: every byte from outside (environment, DNS,
+    Redis, the client, stored texts) passes it before it reaches an SMTP
+    reply or a log line, so no CR, LF, NUL or other control byte gets
+    there, and no text crashes it: bytes are read as Latin-1 (rblsmtpd
+    counts bytes), and the surrogates that stand for undecodable bytes in
+    os.environ become "?" like any other character outside ASCII.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("latin-1")
+    if limit is not None:
+        text = text[:limit]
+    if text.isascii() and text.isprintable():
+        return text
     return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
 def _field(value):
-    text = clean(str(value), 1000)
+    text = clean(value if isinstance(value, (bytes, bytearray)) else str(value), 1000)
     if text == "" or " " in text or '"' in text or "=" in text:
         return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
     return text
@@ -372,7 +386,7 @@ class Verdict:
 
     @property
     def reply(self):
-        return "%d %s" % (self.code, self.text)
+        return "%d %s" % (self.code, clean(self.text, 1000))
 
     def __repr__(self):
         return "Verdict(%r, %r, %r, %r)" % (self.action, self.code, self.text, self.why)

@@ -273,6 +273,8 @@ def main(argv, environ):
             code = admin(command, store, keys, time.time(), print)
         except StoreError as error:
             raise core.Die(core.TEMP_EXIT, str(error))
+        finally:
+            store.close()
         if code == core.USAGE_EXIT:
             raise core.Usage()
         return code

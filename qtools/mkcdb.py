@@ -235,7 +235,10 @@ def lookup(fmt, key, path, out):
         if key is None:
             # the bits keys of -n and the domain markers of -a are derived
             hidden = (lambda k: b"@" not in k) if fmt == "a" else (lambda k: k[:1] == b"\0")
-            found = [(bytes(k), bytes(v)) for k, v in reader.items() if not hidden(k)]
+            try:
+                found = [(bytes(k), bytes(v)) for k, v in reader.items() if not hidden(k)]
+            except OSError as error:
+                raise core.Die(core.TEMP_EXIT, "unable to read %s: %s" % (path, core.strerror(error)))
             accepted = True
         else:
             found, accepted = find(fmt, reader, os.fsencode(key))

@@ -57,12 +57,25 @@ def _text(number):
     return repr(float(number))
 
 
+def _number(text):
+    """Return a time stored as text ("1795305600.0"), or raise ValueError."""
+    value = float(text.decode("ascii") if isinstance(text, bytes) else text)
+    if not 0 <= value < 1e12:  # nan, inf and the impossible: not a time of ours
+        raise ValueError(text)
+    return value
+
+
 def describe_url(url):
     """Return url without its user, password and options, for messages and logs."""
     scheme, _, rest = url.partition("://")
-    # Up to the last @ before the options: a password may hold an @ or a /
-    # its writer forgot to escape, and must not show even then.
-    return "%s://%s" % (scheme, rest.split("?", 1)[0].rpartition("@")[2])
+    # From the last @ to the options: a password may hold an @ or a / its
+    # writer forgot to escape, and must not show even then.  A ? before
+    # that @ may have been the password's own (or an option's @): then
+    # nothing after the scheme is sure not to be part of a password.
+    head, _, tail = rest.rpartition("@")
+    if "?" in head:
+        return "%s://..." % scheme
+    return "%s://%s" % (scheme, tail.split("?", 1)[0])
 
 
 class RedisStore(Store):
@@ -107,29 +120,56 @@ class RedisStore(Store):
             self.client.command, "EVAL", SCRIPT, 1, self._key(key), _text(now), _text(t.delay),
             _text(t.window), _text(t.lifetime), int(t.window * 1000), int(t.lifetime * 1000), mode)
 
+    def _malformed(self, command, reply):
+        """Return the StoreError for a reply or a stored value that makes no sense."""
+        from qtools.core import clean
+
+        return StoreError("unable to use %s: malformed reply to %s: %s" % (
+            self.name, command, clean(repr(reply), 60)))
+
+    def _fields(self, command, reply, count):
+        """Return reply as count texts, or raise StoreError: a server may answer anything."""
+        if isinstance(reply, list) and len(reply) == count and all(
+                x is None or isinstance(x, bytes) for x in reply):
+            return reply
+        raise self._malformed(command, reply)
+
     def check(self, key, now):
         """Apply the timers to key at time now in one atomic step; return its State."""
-        status, first, last = (x.decode() for x in self._script(key, now, "check"))
-        if status == "known":
-            return State("known", last=float(last))
-        if status == "new":
-            return State("new", now, left=self.timers.delay)
-        return waiting(float(first), now, self.timers)
+        reply = self._fields("EVAL", self._script(key, now, "check"), 3)
+        status, first, last = reply
+        try:
+            if status == b"known":
+                return State("known", last=_number(last))
+            if status == b"new":
+                return State("new", now, left=self.timers.delay)
+            if status in (b"wait", b"pass"):
+                return waiting(_number(first), now, self.timers)
+        except (TypeError, ValueError):
+            pass
+        raise self._malformed("EVAL", reply)
 
     def passed(self, key, now):
         """Refresh key and return True if it passed and is alive; else change nothing."""
-        return self._script(key, now, "passed")[0] == b"known"
+        status = self._fields("EVAL", self._script(key, now, "passed"), 3)[0]
+        if status not in (b"known", b"none"):
+            raise self._malformed("EVAL", status)
+        return status == b"known"
 
     def _state(self, first, last, now):
-        if last is not None and now < float(last) + self.timers.lifetime:
-            return State("known", last=float(last))
-        if first is None or now >= float(first) + self.timers.window:
-            return State("new", now, left=self.timers.delay)
-        return waiting(float(first), now, self.timers)
+        try:
+            if last is not None and now < _number(last) + self.timers.lifetime:
+                return State("known", last=_number(last))
+            if first is None or now >= _number(first) + self.timers.window:
+                return State("new", now, left=self.timers.delay)
+            return waiting(_number(first), now, self.timers)
+        except (TypeError, ValueError):
+            raise self._malformed("HMGET", [first, last])
 
     def peek(self, key, now):
         """Return the State check would return, changing nothing."""
-        first, last = self._call(self.client.command, "HMGET", self._key(key), "first", "last")
+        reply = self._call(self.client.command, "HMGET", self._key(key), "first", "last")
+        first, last = self._fields("HMGET", reply, 2)
         return self._state(first, last, now)
 
     def _transaction(self, key, *steps):
@@ -168,7 +208,8 @@ class RedisStore(Store):
             batch = names[start:start + 1000]
             replies = self._call(self.client.pipeline,
                                  [("HMGET", name, "first", "last") for name in batch])
-            for name, (first, last) in zip(batch, replies):
+            for name, reply in zip(batch, replies):
+                first, last = self._fields("HMGET", reply, 2)
                 key = name[len(PREFIX):].decode("utf-8", "surrogateescape")
                 state = self._state(first, last, now)
                 if state.status == "known":

@@ -125,18 +125,30 @@ def listed(codes, addresses):
     return False
 
 
-def _tcp(wire, server, left):
-    """Ask over TCP (after a truncated UDP answer); return the reply bytes."""
+def _tcp(wire, server, deadline, clock=time.monotonic):
+    """Ask over TCP (after a truncated UDP answer); return the reply bytes.
+
+    Every step waits only until deadline: a server that sends its answer
+    one byte at a time holds the lookup no longer than one that is silent.
+    """
     import _socket
+
+    def left():
+        seconds = deadline - clock()
+        if seconds <= 0:
+            raise _socket.timeout("timed out")
+        return seconds
 
     family = _socket.AF_INET6 if ":" in server[0] else _socket.AF_INET
     s = _socket.socket(family, _socket.SOCK_STREAM)
     try:
-        s.settimeout(max(left, 0.001))
+        s.settimeout(left())
         s.connect(server)
+        s.settimeout(left())
         s.sendall(len(wire).to_bytes(2, "big") + wire)
         data = b""
         while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+            s.settimeout(left())
             chunk = s.recv(65537)
             if not chunk:
                 raise OSError("connection closed")
@@ -216,8 +228,14 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
         query.server = server
         try:
             rcode, truncated, values = dnswire.parse_reply(data, query.wire)
-            if truncated:  # ask again over TCP
-                data = _tcp(query.wire, query.server, deadline - clock())
+            if truncated:  # ask again over TCP, by the same deadline
+                try:
+                    data = _tcp(query.wire, query.server, deadline, clock)
+                except OSError:
+                    if clock() < deadline:
+                        raise
+                    finish(query, Answer(error="timeout"))
+                    return
                 rcode, _, values = dnswire.parse_reply(data, query.wire)
         except (OSError, ValueError) as error:
             query.failure = "malformed reply from %s: %s" % (query.server[0], error)
@@ -263,14 +281,25 @@ def lookup(questions, server_list, timeout, clock=time.monotonic):
     return answers
 
 
-def make(environ, timeout, server_text=None, resolv_conf=RESOLV_CONF):
-    """Return lookup(questions) bound to the servers (server_text first) and timeout."""
+def make(environ, timeout, server_text=None, resolv_conf=RESOLV_CONF, clock=time.monotonic):
+    """Return lookup(questions) bound to the servers (server_text first) and timeout.
+
+    timeout is for all the lookups of the function returned together: the
+    clock starts at the first, and each later one gets what is left (a
+    check that asks twice, PTR then A, takes no longer than the limit).
+    """
     if server_text:
         environ = dict(environ, QTOOLS_RESOLVER=server_text)
     server_list = servers(environ, resolv_conf)
+    deadline = []
 
     def resolve(questions):
-        return lookup(questions, server_list, timeout)
+        if not deadline:
+            deadline.append(clock() + timeout)
+        left = deadline[0] - clock()
+        if left <= 0:
+            return [Answer(error="timeout") for _ in questions]
+        return lookup(questions, server_list, left, clock)
 
     return resolve
 

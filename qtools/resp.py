@@ -70,6 +70,11 @@ def parse_url(url):
     # The host part ends at the first / or ?, as urllib.parse has it.
     at = min([rest.index(c) for c in "/?" if c in rest] or [len(rest)])
     netloc, (path, _, query) = rest[:at], rest[at:].partition("?")
+    if "@" in rest[at:]:
+        # A password (or an option) with a / or ? written as it is: the
+        # host would be read from the middle of it.  No part of the URL is
+        # named in the error: it would be part of the password.
+        raise ValueError("an @ after a / or ?: write / ? @ in a password as %2F %3F %40")
     userinfo, _, hostport = netloc.rpartition("@")
     user, colon, password = userinfo.partition(":")
     if user and not colon:

@@ -16,7 +16,9 @@ OK_VERBS = frozenset((b"helo", b"ehlo", b"mail", b"rset", b"noop"))
 
 def greeting_name(prog, environ):
     """Return the name shown in 220/250/221 replies: $QTOOLS_HOSTNAME or prog.local."""
-    return environ.get("QTOOLS_HOSTNAME") or "%s.local" % prog
+    from qtools.core import clean
+
+    return clean(environ.get("QTOOLS_HOSTNAME") or "%s.local" % prog, 255)
 
 
 def is_null_sender(line):
@@ -47,8 +49,10 @@ class Conversation:
         outfd=1,
         clock=time.monotonic,
     ):
-        self.error = error.encode("ascii", "replace") + b"\r\n"
-        self.name = name
+        from qtools.core import clean
+
+        self.error = clean(error, 1000).encode("ascii") + b"\r\n"
+        self.name = clean(name, 255)
         self.timeout = timeout
         self.max_commands = max_commands
         self.max_line = max_line

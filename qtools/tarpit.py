@@ -15,6 +15,9 @@ EARLY = "554 SMTP protocol violation (#5.5.1)"
 
 DELAY = 5  # the patch's control/tarpitdelay default
 MAX_DELAY = 120  # growing delays stop here, well inside a client's 5-minute RCPT timeout
+# No delay is longer than an hour: no client waits that long for a reply
+# (RFC 5321 gives it 5 minutes), and a wait stays a number poll() takes.
+LONGEST = 3600
 MARK = "tarpit:pregreet"
 
 
@@ -151,6 +154,8 @@ def parse(argv, environ):
             setattr(config, attribute, int(value))
     for name, attribute in (("TARPIT_GROW", "grow"), ("TARPIT_MARK", "mark")):
         setattr(config, attribute, core.flag(environ, name, getattr(config, attribute)))
+    for attribute in ("delay", "max", "greet"):
+        setattr(config, attribute, min(getattr(config, attribute), LONGEST))
     return config, rest
 
 

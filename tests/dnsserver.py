@@ -12,7 +12,9 @@ import dns.rdatatype
 import dns.rrset
 
 # What a zone can be told to do instead of answering from the table.
-BEHAVIOURS = ("servfail", "refused", "silent", "garbage", "truncate", "wrongid")
+# "drip": a truncated answer over UDP, then over TCP the full answer one
+# byte every .drip seconds (a server that holds a client by its TCP read).
+BEHAVIOURS = ("servfail", "refused", "silent", "garbage", "truncate", "wrongid", "drip")
 
 
 class DNSServer:
@@ -24,7 +26,8 @@ class DNSServer:
     # Names not in the table get NXDOMAIN.  Every question asked is kept
     # in .questions as (name, type).
 
-    def __init__(self, records=None, behaviour=None, delay=0.0, host="127.0.0.1", port=0):
+    def __init__(self, records=None, behaviour=None, delay=0.0, host="127.0.0.1", port=0, drip=0.8):
+        self.drip = drip
         self.records = {k.lower().rstrip("."): v for k, v in (records or {}).items()}
         self.behaviour = {k.lower().rstrip("."): v for k, v in (behaviour or {}).items()}
         self.delay = delay
@@ -106,9 +109,11 @@ class DNSServer:
         if rule in ("servfail", "refused"):
             response.set_rcode(dns.rcode.SERVFAIL if rule == "servfail" else dns.rcode.REFUSED)
             return response.to_wire(), wait
-        if rule == "truncate" and not over_tcp:
+        if rule in ("truncate", "drip") and not over_tcp:
             response.flags |= dns.flags.TC
             return response.to_wire(), wait
+        if rule == "drip":
+            wait = -self.drip  # _handle_tcp: send one byte every drip seconds
         found = self.records.get(name)
         if found is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
@@ -168,8 +173,16 @@ class DNSServer:
                 reply, wait = self.answer(data[2:], over_tcp=True)
                 if reply is None:
                     return
+                data = len(reply).to_bytes(2, "big") + reply
+                if wait < 0:
+                    for i in range(len(data)):
+                        if self._stop.is_set():
+                            return
+                        conn.sendall(data[i : i + 1])
+                        time.sleep(-wait)
+                    return
                 time.sleep(wait)
-                conn.sendall(len(reply).to_bytes(2, "big") + reply)
+                conn.sendall(data)
             except OSError:
                 pass
 

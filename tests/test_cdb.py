@@ -226,6 +226,21 @@ class TestReader:
         with pytest.raises(OSError, match="not a cdb"):
             cdb.Reader(str(tmp_path / "x"))
 
+    @pytest.mark.parametrize("header, records", [
+        ((0xFFFFFFF0).to_bytes(4, "little"), b""),  # records "end" 4 GB on
+        ((2048 + 12).to_bytes(4, "little"), (0xFFFFFFFF).to_bytes(4, "little") + bytes(8)),
+        ((2048 + 12).to_bytes(4, "little"), bytes(4) + (0xFFFFFFFF).to_bytes(4, "little") + bytes(4)),
+        ((2048 + 12).to_bytes(4, "little"), bytes(12)),  # a header split by the end
+    ])
+    def test_lying_lengths(self, tmp_path, header, records):
+        """Lengths past the end of the file are an OSError, before anything is read by them."""
+        path = tmp_path / "x.cdb"
+        path.write_bytes(header + bytes(2044) + records + bytes(16))
+        with cdb.Reader(str(path)) as reader:
+            with pytest.raises(OSError, match="not a cdb file"):
+                for n, _ in enumerate(reader.items()):  # never more records than bytes
+                    assert n < len(records) // 8 + 1
+
     def test_missing_key(self, tmp_path):
         """get gives the default, get_all nothing, for a key that is absent."""
         path = str(tmp_path / "a.cdb")

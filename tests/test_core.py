@@ -192,11 +192,28 @@ class TestReplies:
             ("plain text", "plain text"),
             ("a\tb\r\nc\xe9", "a?b??c?"),
             ("x" * 250, "x" * 200),
+            ("nul\0 del\x7f esc\x1b", "nul? del? esc?"),
+            (os.fsdecode(b"bad\xff\xfeutf8"), "bad??utf8"),  # as os.environ holds it
+            (b"bytes\r\n\0\xff", "bytes????"),
+            ("\u2028line\x85sep", "?line?sep"),
         ],
     )
     def test_clean(self, text, expected):
-        """Outside text is cut to 200 characters of printable ASCII."""
+        """Outside text is cut to 200 characters of printable ASCII; nothing crashes it."""
         assert core.clean(text) == expected
+
+    def test_every_message_line_is_clean(self, capfd):
+        """Warnings and fatal messages carrying outside text are cleaned on their way out."""
+        core.warn("prog", "unable to open /x\r\ny%s: no" % os.fsdecode(b"\xff"))
+        core.fatal("prog", "a\nb")
+        core.log("prog", "1.2.3.4", "451 x\r\n250 y", [("host", b"h\0")])
+        assert capfd.readouterr().err == (
+            "prog: warning: unable to open /x??y?: no\nprog: fatal: a?b\n"
+            "prog: 1.2.3.4 pid %d: 451 x??250 y host=h?\n" % os.getpid())
+
+    def test_reply_text_is_clean(self):
+        """A Verdict's reply is clean whatever its text holds."""
+        assert core.Verdict("refuse", 451, "a\r\n250 b\0").reply == "451 a??250 b?"
 
     def test_log_line(self):
         """The head is rblsmtpd's; fields are key=value, quoted when needed."""
@@ -378,3 +395,112 @@ def test_directory_of_follows_symlinks_as_realpath(tmp_path):
     assert core._directory_of(str(other / "missing")) == core._directory_of(str(other / "x"))
     assert core._directory_of(str(other / "greylist")) != core._directory_of(str(other / "x"))
     assert core._directory_of(str(tmp_path / "nowhere" / "x")) is None
+
+
+# --- every outside byte through every program ------------------------------------
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+BAD = "\r\n250 injected\x1b" + os.fsdecode(b"\xff")  # the environment holds no NUL
+SHOWN = "??250 injected??"
+SAID = b"HELO a\r\nRCPT TO:<a@b>\r\nQUIT\r\n"
+
+
+def conversation(name, refusal):
+    return ("220 {0}\r\n250 {0}\r\n{1}\r\n221 {0}\r\n".format(name, refusal)).encode()
+
+
+def assert_log_clean(result):
+    """Every log line is printable ASCII ended by LF."""
+    assert result.err.endswith(b"\n")
+    for line in result.err.split(b"\n")[:-1]:
+        assert all(32 <= b < 127 for b in line), line
+
+
+class TestHostileBytes:
+    """CR, LF, NUL, control bytes and non-UTF-8 from outside, through every program."""
+
+    @pytest.mark.parametrize("argv, override", [
+        (["rblcheck"], "RBLSMTPD"),
+        (["rblcheck"], "QTOOLS_RBLCHECK"),
+        (["rhostcheck"], "QTOOLS_RHOSTCHECK"),
+        (["rhostcheck"], "RHOSTCHECK"),
+        (["greylist", "/nonexistent"], "QTOOLS_GREYLIST"),
+        (["tarpit", "-c", "1"], "QTOOLS_TARPIT"),
+    ])
+    def test_override_text_and_hostname(self, argv, override):
+        """An override text and $QTOOLS_HOSTNAME reach the greeting, the reply and the log clean."""
+        from conftest import run_prog
+
+        env = {"TCPREMOTEIP": "192.0.2.7", override: "-no" + BAD, "QTOOLS_HOSTNAME": "mx" + BAD}
+        r = run_prog(argv + ["echo", "ran"], env, SAID)
+        prog = argv[0]
+        assert (r.rc, r.out) == (0, conversation("mx" + SHOWN, "553 no" + SHOWN))
+        assert r.err == ("%s: 192.0.2.7 pid x: 553 no%s why=override\n" % (prog, SHOWN)).encode()
+
+    def test_validrcptto_override(self, tmp_path):
+        """validrcptto's refusal text and log line are clean too."""
+        from conftest import SINK, run_prog
+
+        env = {"TCPREMOTEIP": "192.0.2.7", "QTOOLS_VALIDRCPTTO": "-no" + BAD}
+        # The proxy judges RCPT once the backend has answered HELO: a sink.
+        r = run_prog(["validrcptto"] + SINK + [str(tmp_path)], env, SAID)
+        assert ("\r\n553 no%s\r\n" % SHOWN).encode() in r.out
+        assert b"injected" not in r.out.replace(SHOWN.encode(), b"")
+        assert r.err.startswith(("validrcptto: 192.0.2.7 pid x: 553 no%s rcpt=a@b why=override\n"
+                                 % SHOWN).encode())
+        assert_log_clean(r)
+
+    def test_rblcheck_host_and_txt(self):
+        """rblcheck -d with a CR LF TCPREMOTEHOST, and -r with CR LF NUL in the TXT text."""
+        from conftest import run_prog
+        from dnsserver import DNSServer
+
+        records = {"evil.example.dbl.test": [("A", "127.0.0.2")],
+                   "2.0.0.127.bl.test": [("TXT", '"listed\\013\\010250 injected\\000"')]}
+        with DNSServer(records) as dns:
+            env = {"TCPREMOTEIP": "127.0.0.9", "TCPREMOTEHOST": "x\r\n250 injected\x1b.evil.example",
+                   "QTOOLS_RESOLVER": dns.address}
+            r = run_prog(["rblcheck", "-d", "dbl.test", "echo", "ran"], env, SAID)
+            text = "451 your host name x??250 injected?.evil.example is listed by dbl.test (#4.7.1)"
+            assert r.out == conversation("rblcheck.local", text)
+            assert r.err == ("rblcheck: 127.0.0.9 pid x: %s score=1 hits=dbl.test why=score"
+                             " list=dbl.test\n" % text).encode()
+            env = {"TCPREMOTEIP": "127.0.0.2", "QTOOLS_RESOLVER": dns.address}
+            r = run_prog(["rblcheck", "-r", "bl.test", "echo", "ran"], env, SAID)
+            assert r.out == conversation("rblcheck.local", "451 listed??250 injected?")
+            assert r.err == b"rblcheck: 127.0.0.2 pid x: 451 listed??250 injected? why=listed list=bl.test\n"
+
+    def test_rhostcheck_dynamic_host(self):
+        """rhostcheck -g quotes a generic TCPREMOTEHOST clean in its reply and log."""
+        from conftest import run_prog
+
+        env = {"TCPREMOTEIP": "192.0.2.7", "TCPREMOTEHOST": "dsl" + BAD + ".isp.example"}
+        r = run_prog(["rhostcheck", "-g", "echo", "ran"], env, SAID)
+        text = ("451 bad reverse DNS: dsl%s.isp.example looks dynamic, please use your provider's"
+                " relay (#4.7.1)" % SHOWN)
+        assert r.out == conversation("rhostcheck.local", text)
+        assert r.err == ('rhostcheck: 192.0.2.7 pid x: %s host="dsl%s.isp.example" why=dynamic'
+                         " match=keyword:dsl\n" % (text, SHOWN)).encode()
+
+    def test_messages(self, tmp_path):
+        """A store path or a TCPREMOTEIP from the environment reaches a message clean."""
+        from conftest import run_prog
+
+        env = {"TCPREMOTEIP": "192.0.2.7", "QTOOLS_GREYLIST_STORE": "/no" + BAD}
+        r = run_prog(["greylist", str(tmp_path), "echo", "ran"], env)
+        assert r.out == b"ran\n"
+        assert r.err.startswith(("greylist: warning: unable to open /no%s: no such file or directory\n"
+                                 % SHOWN).encode())
+        assert_log_clean(r)
+        r = run_prog(["rblcheck", "echo", "ran"], {"TCPREMOTEIP": "1.2.3.4" + BAD})
+        assert (r.rc, r.err) == (100, ("rblcheck: fatal: invalid $TCPREMOTEIP: 1.2.3.4%s\n" % SHOWN).encode())
+
+    def test_early_talker_text(self):
+        """What an early talker said is logged clean, NUL and all."""
+        from conftest import run_prog
+
+        r = run_prog(["tarpit", "-d", "1", "echo", "ran"], {"TCPREMOTEIP": "192.0.2.7"},
+                     b"EHLO x\0\r\n250 injected\xff\r\n")
+        assert r.out == b"554 SMTP protocol violation (#5.5.1)\r\n"
+        assert r.err == (b'tarpit: 192.0.2.7 pid x: 554 SMTP protocol violation (#5.5.1) why=pregreet'
+                         b' text="EHLO x???250 injected???"\n')

@@ -167,7 +167,7 @@ def test_cdb_rebuild(tmp_path, writer, capfd):
 
 # --- SIGKILL before each file system call of one update -------------------------
 
-CALLS = ("open", "write", "utime", "link", "rename", "unlink", "mkdir", "close")
+CALLS = ("open", "write", "utime", "link", "rename", "unlink", "mkdir", "fchown", "close")
 SHORT = "192.0.2.0/24"
 HASHED = KEYS[-1]  # stored under a hash: the key is inside the entry
 

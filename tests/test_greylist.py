@@ -349,7 +349,7 @@ class TestTranscript:
         result = run_prog(["greylist", str(tmp_path / "none"), "echo", "ok"], env)
         assert (result.rc, result.out) == (0, b"ok\n")
         lines = result.err.decode().splitlines()
-        assert lines[0] == "greylist: warning: unable to create %s/none/grey: no such file or directory" % tmp_path
+        assert lines[0] == "greylist: warning: unable to open %s/none: no such file or directory" % tmp_path
         assert lines[1].startswith("greylist: 192.0.2.7 pid x: pass why=failure error=")
 
     @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"),
@@ -454,9 +454,53 @@ class TestTranscript:
 
     def test_cli_store_error(self, tmp_path):
         """--- a command on an unusable store is a temporary failure."""
-        result = run_prog(["greylist", "-A", str(tmp_path / "none"), "192.0.2.7"])
-        assert result.rc == 111
-        assert result.err.startswith(b"greylist: fatal: unable to create")
+        for letter in "ADq":
+            result = run_prog(["greylist", "-" + letter, str(tmp_path / "none"), "192.0.2.7"])
+            assert (result.rc, result.out) == (111, b""), letter
+            assert result.err == b"greylist: fatal: unable to open %s/none: no such file or directory\n" % (
+                os.fsencode(tmp_path))
+        listed = run_prog(["greylist", "-q", str(tmp_path / "none")])
+        assert (listed.rc, listed.out) == (111, b"")
+        assert listed.err.startswith(b"greylist: fatal: unable to open ")
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")
+    def test_cli_unreadable_store(self, tmp_path):
+        """--- -q on a store its user cannot read says so, in the skarnet grammar, exit 111."""
+        os.chmod(str(tmp_path), 0o755)
+        root = tmp_path / "state"
+        root.mkdir(mode=0o755)
+        run_prog(["greylist", "-A", str(root), "192.0.2.7"])
+        os.chmod(str(root / "pass"), 0o700)  # root's, and not for nobody
+        for argv in (["-q", "state"], ["-q", "state", "192.0.2.7"]):
+            rc, out, err = as_nobody(str(tmp_path), greylist.main, argv)
+            assert (rc, out) == (111, b""), err
+            assert err == b"greylist: fatal: unable to open state/pass: permission denied\n"
+
+
+def as_nobody(cwd, main, argv):
+    """Run main(argv, {}) in a child process as uid 65534 in cwd; return (rc, stdout, stderr)."""
+    pipes = [os.pipe(), os.pipe()]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            os.dup2(pipes[0][1], 1)
+            os.dup2(pipes[1][1], 2)
+            os.chdir(cwd)  # names relative to it: the test's own directories are root's
+            os.setgid(65534)
+            os.setuid(65534)
+            sys.stdout = open(1, "w", closefd=False)
+            code = main(argv, {})
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    chunks = []
+    for reading, writing in pipes:
+        os.close(writing)
+        with open(reading, "rb") as f:
+            chunks.append(f.read())
+    _, status = os.waitpid(pid, 0)
+    return (os.waitstatus_to_exitcode(status),) + tuple(chunks)
 
 
 # --- end to end: tcpserver, the chain, the sink ------------------------------------

@@ -618,6 +618,22 @@ class TestModes:
         rebuilt = run_prog(["qtools-mkcdb", target, target + ".tmp"], stdin=dumped)
         assert rebuilt.rc == 0 and run_prog(["qtools-mkcdb", "-d", target]).out == dumped
 
+    def test_dump_crafted(self, tmp_path):
+        """-d on a cdb whose lengths lie stops at once with exit 111, memory bounded."""
+        import resource
+
+        target = tmp_path / "x.cdb"
+        target.write_bytes((0xFFFFFFF0).to_bytes(4, "little") + bytes(2044))
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+        done = subprocess.run([os.path.join(VENV_BIN, "qtools-mkcdb"), "-d", str(target)],
+                              capture_output=True, timeout=20, preexec_fn=limit)
+        assert (done.returncode, done.stdout) == (111, b"")
+        assert done.stderr == b"qtools-mkcdb: fatal: unable to read %s: not a cdb file (the records" \
+            b" end at 4294967280, past the end of the file)\n" % os.fsencode(target)
+
     def test_query_unreadable(self, tmp_path):
         """-q on a missing cdb exits 111."""
         done = run_prog(["qtools-mkcdb", "-q", "k", str(tmp_path / "none.cdb")])

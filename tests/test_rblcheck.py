@@ -374,6 +374,17 @@ class TestTranscripts:
         assert r.out == b"ran\n"
         assert b"rblcheck: warning: unable to look up 127.0.0.2 in x.dead.test: timeout\n" in r.err
 
+    def test_dripping_tcp_fallback_is_cut_at_the_deadline(self):
+        """-T covers the TCP fallback: a server dripping its answer holds rblcheck -T 2 about 2 s."""
+        with DNSServer(behaviour={"drip.test": "drip"}) as drip:
+            start = time.monotonic()
+            r = run_prog(["rblcheck", "-T", "2", "-r", "drip.test", "echo", "ran"],
+                         env_for(drip, "127.0.0.2"))
+            took = time.monotonic() - start
+        assert r.out == b"ran\n"
+        assert b"rblcheck: warning: unable to look up 127.0.0.2 in drip.test: timeout\n" in r.err
+        assert took < 2 + 1.5
+
     def test_servfail_with_c_is_451_never_5xx(self, dns):
         """-c turns a server failure into rblsmtpd's 451, even with -b."""
         r = run_prog(["rblcheck", "-b", "-c", "-r", "fail.test", "echo", "ran"], env_for(dns, "127.0.0.2"),

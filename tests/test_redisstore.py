@@ -243,6 +243,11 @@ class TestFailures:
             ("redis://:pa@ss@h/0", "redis://h/0"),
             ("unix://:x@y@/s", "unix:///s"),
             ("redis://:pa/ss@h:99999/0", "redis://h:99999/0"),
+            # a ? before the last @: in the password or the options
+            ("redis://:se?cret@h:6379/0", "redis://..."),
+            ("redis://:se?cr@et@h/0", "redis://..."),
+            ("redis://h/0?password=se@cret", "redis://..."),
+            ("unix://:se?cret@/run/redis.sock", "unix://..."),
         ],
     )
     def test_describe_url(self, url, shown):
@@ -257,7 +262,10 @@ class TestFailures:
              "invalid store redis://127.0.0.1:6379/0: bad value for socket_timeout"),
             ("redis://127.0.0.1:6379/0?timeout=1",
              "invalid store redis://127.0.0.1:6379/0: unknown option timeout"),
-            ("redis://:pa/ss@127.0.0.1:99999/0", "invalid store redis://127.0.0.1:99999/0: bad port"),
+            ("redis://:pa/ss@127.0.0.1:99999/0", "invalid store redis://127.0.0.1:99999/0:"
+             " an @ after a / or ?: write / ? @ in a password as %2F %3F %40"),
+            ("redis://:se?cret@127.0.0.1:6379/0", "invalid store redis://...:"
+             " an @ after a / or ?: write / ? @ in a password as %2F %3F %40"),
         ],
     )
     def test_bad_url(self, url, message):
@@ -350,6 +358,19 @@ class TestTranscript:
         finally:
             redis.stop()
 
+    def test_unescaped_password_never_logged(self, redis):
+        """--- a password with a ? or / written as it is: refused, no part of it in the log."""
+        for url in ("redis://:se?cret@127.0.0.1:%d/0", "redis://:se/cret@127.0.0.1:%d/0",
+                    "redis://127.0.0.1:%d/0?password=se@cret"):
+            url %= redis.port
+            result = run_prog(["greylist", url, "echo", "ok"], {"TCPREMOTEIP": "192.0.2.7"}, SESSION)
+            assert (result.rc, result.out) == (0, b"ok\n")
+            assert b"an @ after a / or ?" in result.err
+            for part in (b":se", b"=se", b"cret"):
+                assert part not in result.err, (url, result.err)
+            shown = run_prog(["greylist", "-q", url])
+            assert shown.rc == 111 and b"cret" not in shown.err and b":se" not in shown.err
+
     def test_down_fails_open(self, redis):
         """--- a stopped Redis is warned about and the connection handed on."""
         redis.stop()
@@ -424,6 +445,45 @@ class TestTranscript:
             result = run_prog(["greylist"] + argv)
             assert (result.rc, result.err) == (
                 111, b"greylist: fatal: unable to use %s: connection refused\n" % redis.url.encode())
+
+    @pytest.mark.parametrize("stored", ["0x%x", "%d.0e0000x", "1e400"])
+    def test_malformed_first_fails_open(self, redis, stored):
+        """--- a value in Redis that is not one of our times is warned about; the client passes."""
+        now = int(time.time())
+        value = stored % now if "%" in stored else stored
+        raw(redis, "HSET", PREFIX + "192.0.2.0/24", "first", value)
+        result = run_prog(["greylist", redis.url, "echo", "ok"], {"TCPREMOTEIP": "192.0.2.7"}, SESSION)
+        assert (result.rc, result.out) == (0, b"ok\n")
+        lines = result.err.decode().splitlines()
+        assert len(lines) == 2 and re.fullmatch(
+            r"greylist: warning: unable to use %s: (malformed reply to EVAL: .*|.*attempt to perform"
+            r" arithmetic.*)" % re.escape(redis.url), lines[0]), lines
+        assert lines[1].startswith("greylist: 192.0.2.7 pid x: pass why=failure ")
+        shown = run_prog(["greylist", "-q", redis.url, "192.0.2.7"])
+        assert shown.rc == 111 and shown.err.startswith(
+            b"greylist: fatal: unable to use %s: malformed reply to HMGET: " % redis.url.encode())
+
+    @pytest.mark.parametrize("triplet", [False, True])
+    def test_server_answering_ok_fails_open(self, triplet):
+        """--- a server that answers +OK to everything, EVAL included, is warned about."""
+        with OkServer() as fake:
+            argv = ["greylist"] + (["-T"] if triplet else []) + [fake.url, "echo", "ok"]
+            result = run_prog(argv, {"TCPREMOTEIP": "192.0.2.7"}, SESSION)
+            assert (result.rc, result.out) == (0, b"ok\n")
+            assert result.err.decode().splitlines() == [
+                "greylist: warning: unable to use %s: malformed reply to EVAL: b'OK'" % fake.url,
+                'greylist: 192.0.2.7 pid x: pass why=failure error="unable to use %s: malformed'
+                " reply to EVAL: b'OK'\"" % fake.url]
+
+    def test_error_text_is_cleaned(self):
+        """--- a server's error text with NUL, control bytes and non-UTF-8 reaches the log clean."""
+        with OkServer(b"-ERR evil\0\x1b[2J\xff\xfe text\r\n") as fake:
+            result = run_prog(["greylist", fake.url, "echo", "ok"], {"TCPREMOTEIP": "192.0.2.7"}, SESSION)
+            assert (result.rc, result.out) == (0, b"ok\n")
+            assert result.err.decode().splitlines() == [
+                "greylist: warning: unable to use %s: evil??[2J?? text" % fake.url,
+                'greylist: 192.0.2.7 pid x: pass why=failure error="unable to use %s: evil??[2J??'
+                ' text"' % fake.url]
 
     def test_decide_with_redis(self, greystore):
         """decide works on a Redis store as on a directory."""
@@ -503,3 +563,65 @@ class TestTwoMX:
         assert 'key="127.0.1.0/24 a@example.org b@example.net" state=pass' in b.log()
         assert "key=127.0.1.0/24 state=known" in a.log()
         assert len(read_maildir(mail)) == 2
+
+
+class OkServer:
+    """A server on a loopback port that answers +OK (or reply) to every RESP command."""
+
+    def __init__(self, reply=b"+OK\r\n"):
+        self.reply = reply
+        import socket
+        import threading
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.url = "redis://127.0.0.1:%d/0" % self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        buffer = b""
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buffer += data
+                while True:
+                    size = _command_size(buffer)
+                    if size is None:
+                        break
+                    buffer = buffer[size:]
+                    conn.sendall(self.reply)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.listener.close()
+
+
+def _command_size(buffer):
+    """Return the length of the first complete RESP command in buffer, or None."""
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        return None
+    count, at = int(buffer[1:end]), end + 2
+    for _ in range(count):
+        end = buffer.find(b"\r\n", at)
+        if end < 0:
+            return None
+        at = end + 2 + int(buffer[at + 1 : end]) + 2
+        if at > len(buffer):
+            return None
+    return at

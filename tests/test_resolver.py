@@ -170,6 +170,36 @@ class TestLookup:
         assert resolve([("2.0.0.127.bl.test", "A")]) == [Answer(["127.0.0.2"])]
 
 
+
+class TestWholeDeadline:
+    """Tests for the time limit over a whole lookup: TCP fallback and later lookups included."""
+
+    def test_dripping_tcp_answer(self):
+        """A server dripping its TCP answer a byte at a time is cut off at the deadline."""
+        with DNSServer({"x.drip.test": [("A", "127.0.0.2")]}, {"drip.test": "drip"}) as drip:
+            start = time.monotonic()
+            answers = resolver.lookup([("x.drip.test", "A"), ("2.x.drip.test", "A")],
+                                      [("127.0.0.1", drip.port)], 2)
+            took = time.monotonic() - start
+        assert answers == [Answer(error="timeout")] * 2
+        assert took < 2 + 1.5
+
+    def test_quick_drip_is_answered(self):
+        """An answer that arrives a byte at a time within the deadline is taken."""
+        with DNSServer({"x.drip.test": [("A", "127.0.0.2")]}, {"drip.test": "drip"}, drip=0.001) as s:
+            assert resolver.lookup([("x.drip.test", "A")], [("127.0.0.1", s.port)], 5) == [
+                Answer(["127.0.0.2"])]
+
+    def test_later_lookups_get_what_is_left(self):
+        """The lookups of one resolve function share its deadline, the first starts it."""
+        with DNSServer({"x.slow.test": [("A", "127.0.0.2")]}, {"slow.test": 1.0}) as slow:
+            resolve = resolver.make({"QTOOLS_RESOLVER": slow.address}, 1.5)
+            start = time.monotonic()
+            assert resolve([("x.slow.test", "A")]) == [Answer(["127.0.0.2"])]
+            assert resolve([("x.slow.test", "A")]) == [Answer(error="timeout")]
+            assert resolve([("x.slow.test", "A")]) == [Answer(error="timeout")]
+            assert time.monotonic() - start < 1.5 + 0.5
+
 def test_dnspython_is_never_imported():
     """Choosing servers and sending a query load neither dnspython nor the socket module."""
     code = (

@@ -96,6 +96,10 @@ class TestParseUrl:
             ("redis://h?socket_timeout=-1", "bad value for socket_timeout"),
             ("redis://h?socket_connect_timeout=nan", "bad value for socket_connect_timeout"),
             ("redis://h?socket_connect_timeout=inf", "bad value for socket_connect_timeout"),
+            ("redis://:se?cret@h/0", "an @ after a / or ?: write / ? @ in a password as %2F %3F %40"),
+            ("redis://:se/cret@h/0", "an @ after a / or ?: write / ? @ in a password as %2F %3F %40"),
+            ("redis://h/0?password=se@cret",
+             "an @ after a / or ?: write / ? @ in a password as %2F %3F %40"),
         ],
     )
     def test_errors(self, url, message):

@@ -4,6 +4,7 @@
 import os
 import random
 import sys
+import time
 
 import pytest
 
@@ -291,6 +292,20 @@ class TestTranscripts:
                      {"TCPREMOTEIP": "127.0.0.6"})
         assert r.out == b"ran\n"
         assert b"rhostcheck: warning: unable to confirm the name of 127.0.0.6: timeout\n" in r.err
+
+    @pytest.mark.parametrize("behaviour", [1.9, "drip"])
+    def test_ptr_and_a_share_one_deadline(self, behaviour):
+        """-T is for the PTR and the A lookups together, the TCP fallback included."""
+        records = {"8.0.0.127.in-addr.arpa": [("PTR", "slow.example.")],
+                   "slow.example": [("A", "127.0.0.8")]}
+        with DNSServer(records, {"in-addr.arpa": 1.9, "slow.example": behaviour}) as slow:
+            start = time.monotonic()
+            r = run_prog(["rhostcheck", "-h", "-c", "-T", "2", "-S", slow.address, "echo", "ran"],
+                         {"TCPREMOTEIP": "127.0.0.8"}, b"rcpt to:<x@y>\r\n")
+            took = time.monotonic() - start
+        assert b"451 temporary reverse DNS lookup error (#4.4.3)\r\n" in r.out
+        assert b"rhostcheck: warning: unable to confirm the name of 127.0.0.8: timeout\n" in r.err
+        assert took < 2 + 1.5  # each lookup with its own limit: 3.8 s and more
 
     def test_dns_timeout_with_c_is_451(self, dns):
         """-c makes a failed lookup a 451, never a 5xx, even with -b."""

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: ISC
-"""Tests for `qtools.store`, the greylist timers and the directory store."""
+"""Tests for `qtools.store` and `qtools.dirstore`: the greylist timers and the directory store."""
 
 import multiprocessing
 import os
+import time
 
 import pytest
 
@@ -270,7 +271,7 @@ class TestFailures:
     def test_missing_root_is_not_created(self, tmp_path):
         """A missing root is an error to report, not a directory to create."""
         s = DirStore(str(tmp_path / "missing"))
-        with pytest.raises(StoreError, match=r"unable to create .*/missing/grey: no such file"):
+        with pytest.raises(StoreError, match=r"unable to open .*/missing: no such file"):
             s.check("k", T0)
         assert not (tmp_path / "missing").exists()
 
@@ -314,8 +315,8 @@ class TestCreation:
         s = make(tmp_path)
         real = os.link
 
-        def link(src, dst):
-            real(src, dst)
+        def link(src, dst, **where):
+            real(src, dst, **where)
             raise FileExistsError(17, "File exists")
 
         monkeypatch.setattr(os, "link", link)
@@ -328,16 +329,17 @@ class TestCreation:
         import _thread
 
         s = make(tmp_path)
+        parts = s._place("grey", T0, 0, "k")
         path = s._path("grey", T0, 0, "k")
         os.makedirs(os.path.dirname(path))
         temp = os.path.join(os.path.dirname(path), ".tmp.%d.%d" % (os.getpid(), _thread.get_ident()))
         open(temp, "w").close()
         os.link(temp, path + "-elsewhere")
-        assert s._create(path, T0, "k") is True
+        assert s._create(parts, "k", T0, "k") is True
         open(temp, "w").close()
         os.link(temp, path + "-again")
         # The entry exists now: a creation racing with it must lose.
-        assert s._create(path, T0 + 1, "k") is False
+        assert s._create(parts, "k", T0 + 1, "k") is False
         assert not os.path.exists(temp)
         assert os.stat(path).st_mtime == T0
 
@@ -384,3 +386,193 @@ class TestConcurrency:
         statuses = [status for r in results for status in r]
         assert set(statuses) <= {"pass", "known"} and "pass" in statuses
         assert list(s.items(T0 + DELAY)) == [("k", State("known", last=T0 + DELAY))]
+
+
+# --- root over a directory another user can write --------------------------------
+
+OWNER = 65534  # the store's owner: the account the connections run as
+
+
+def snapshot(top):
+    """Return every name below top with its owner, mode and contents, links not followed."""
+    found = {}
+    for directory, subdirs, files in os.walk(top):
+        for name in subdirs + files:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            data = open(path, "rb").read() if os.path.isfile(path) else None
+            found[os.path.relpath(path, top)] = (st.st_uid, st.st_gid, st.st_mode, data)
+    return found
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """A store owned by OWNER next to a victim directory of root's that must survive."""
+    os.chmod(str(tmp_path), 0o755)
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "file").write_text("precious")
+    (victim / "sub" / "deep").write_text("precious too")
+    root = tmp_path / "store"
+    root.mkdir()
+    os.chown(str(root), OWNER, OWNER)
+    before = snapshot(str(victim))
+    yield DirStore(str(root)), str(victim)
+    assert snapshot(str(victim)) == before
+
+
+def plant(path, target):
+    """Make the directories above path and a symbolic link at path to target."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.symlink(target, path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+class TestHostileStore:
+    """Tests for root's commands over a store whose owner planted symbolic links."""
+
+    def test_purge_does_not_follow_a_generation_link(self, hostile):
+        """A dead generation that is a link to another directory: the link goes, not its target."""
+        s, victim = hostile
+        plant(os.path.join(s.root, "grey", "1000000000"), victim)
+        plant(os.path.join(s.root, "pass", "1000000000"), victim)
+        s.purge(T0)
+        assert os.listdir(os.path.join(s.root, "grey")) == []
+
+    def test_purge_does_not_follow_links_below(self, hostile):
+        """Links in place of a fan directory or an entry are removed themselves."""
+        s, victim = hostile
+        dead = os.path.join(s.root, "grey", "1000000000")
+        plant(os.path.join(dead, "ab"), victim)
+        plant(os.path.join(dead, "cd", "entry"), os.path.join(victim, "file"))
+        plant(os.path.join(dead, "ef", "nest"), os.path.join(victim, "sub"))
+        assert s.purge(T0) == 3  # the three links
+        assert not os.path.lexists(dead)
+
+    def test_allow_and_deny_replace_planted_entries(self, hostile):
+        """An entry that is a link is replaced by a new file; the target keeps its owner."""
+        s, victim = hostile
+        for tree in ("pass", "grey"):
+            for age in (0, 1):
+                plant(s._path(tree, T0, age, "k"), os.path.join(victim, "file"))
+        s.allow("k", T0)
+        assert s.peek("k", T0) == State("known", last=T0)
+        s.deny("k", T0)
+        assert s.peek("k", T0) == State("wait", T0, left=DELAY)
+        entry = s._path("grey", T0, 0, "k")
+        assert not os.path.islink(entry) and os.stat(entry).st_uid == OWNER
+
+    def test_planted_temporary_name(self, hostile):
+        """A link at the name of root's temporary file is removed, never written through."""
+        import _thread
+
+        s, victim = hostile
+        temp = ".tmp.%d.%d" % (os.getpid(), _thread.get_ident())
+        for name in ("k", "=" + "0" * 64):
+            plant(os.path.join(os.path.dirname(s._path("pass", T0, 0, name)), temp),
+                  os.path.join(victim, "file"))
+        s.allow("k", T0)
+        s.allow("x" * 300, T0)  # a hashed name: the key is written into the file
+        assert sorted(k for k, _ in s.items(T0)) == ["k", "x" * 300]
+
+    def test_directory_link_refused(self, hostile):
+        """A link where a directory must be made is an error: nothing is made through it."""
+        s, victim = hostile
+        plant(os.path.join(s.root, "pass"), victim)
+        with pytest.raises(StoreError, match="unable to create .*/store/pass: not a directory"):
+            s.allow("k", T0)
+        s.deny("k", T0)  # no pass to take away; the grey entry is made
+        assert s.peek("k", T0) == State("wait", T0, left=DELAY)
+
+    def test_query_does_not_read_through_links(self, hostile):
+        """-q never reads a file a hashed entry's link points to."""
+        s, victim = hostile
+        secret = os.path.join(victim, "file")
+        name = "=" + "1" * 64
+        plant(s._path("pass", T0, 0, name), secret)
+        fd = os.open(os.path.dirname(s._path("pass", T0, 0, name)), os.O_RDONLY)
+        try:
+            assert s._read_key(fd, name) == name
+        finally:
+            os.close(fd)
+
+    def test_commands_from_the_shell(self, hostile):
+        """--- the installed greylist -A, -D, -q and -P as root over planted links."""
+        from conftest import run_prog
+
+        s, victim = hostile
+        plant(os.path.join(s.root, "grey", "1000000000"), victim)
+        plant(s._path("pass", time.time(), 0, "192.0.2.0%2F24"), os.path.join(victim, "file"))
+        plant(s._path("pass", time.time(), 0, "%1B%5D0%3Bevil%07"), os.path.join(victim, "file"))
+        for argv in (["-A", s.root, "192.0.2.7"], ["-D", s.root, "192.0.2.7"],
+                     ["-A", s.root, "198.51.100.7"], ["-P", s.root]):
+            result = run_prog(["greylist"] + argv)
+            assert result.rc == 0 and result.err == b"", (argv, result)
+        listed = run_prog(["greylist", "-q", s.root])
+        assert listed.rc == 0
+        assert all(32 <= b < 127 for b in listed.out.replace(b"\n", b"")), listed.out
+        assert sorted(line.split()[0] for line in listed.out.splitlines()) == [
+            b"192.0.2.0/24", b"198.51.100.0/24", b"?]0;evil?"]  # a terminal escape, cleaned
+        assert not os.path.lexists(os.path.join(s.root, "grey", "1000000000"))
+
+    def test_swapped_under_a_running_command(self, hostile):
+        """The store's owner swaps files and directories for links while root runs -A, -D and -P."""
+        s, victim = hostile
+        stop = os.path.join(os.path.dirname(s.root), "stop")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the store's owner, attacking
+            try:
+                os.chdir(s.root)
+                os.setgid(OWNER)
+                os.setuid(OWNER)
+                _swap_loop(victim, os.path.join("..", "stop"))
+            finally:
+                os._exit(0)
+        try:
+            deadline = time.monotonic() + 4
+            n = 0
+            while time.monotonic() < deadline:
+                n += 1
+                for run in (lambda: s.allow("10.0.%d.0/24" % (n % 7), T0),
+                            lambda: s.deny("10.0.%d.0/24" % (n % 5), T0),
+                            lambda: s.allow("x" * 300 + str(n % 3), T0),
+                            lambda: s.purge(T0 + 40 * LIFE if n % 4 == 0 else T0)):
+                    try:
+                        run()
+                    except StoreError:
+                        pass  # a link where a directory should be: refused
+        finally:
+            open(stop, "w").close()
+            os.waitpid(pid, 0)
+        assert n > 10
+
+
+def _swap_loop(victim, stop):
+    """Swap every file for a link to victim/file and some directories for links to victim."""
+    n, give_up = 0, time.monotonic() + 30
+    while not os.path.exists(stop) and time.monotonic() < give_up:
+        for directory, subdirs, files in os.walk("."):
+            for name in files:
+                n += 1
+                path = os.path.join(directory, name)
+                try:
+                    os.symlink(os.path.join(victim, "file"), path + ".swap%d" % n)
+                    os.rename(path + ".swap%d" % n, path)
+                except OSError:
+                    pass
+            for name in subdirs:
+                n += 1
+                if n % 3:
+                    continue
+                path = os.path.join(directory, name)
+                try:
+                    os.rename(path, path + ".aside%d" % n)
+                    os.symlink(victim, path)
+                except OSError:
+                    pass
+            # Dead generations that point outside, for the next purge.
+            for tree in ("grey", "pass"):
+                try:
+                    os.symlink(victim, os.path.join(tree, "100000%04d" % (n % 10000)))
+                except OSError:
+                    pass

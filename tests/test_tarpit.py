@@ -3,6 +3,7 @@
 
 import resource
 import socket
+import subprocess
 import time
 
 import pytest
@@ -213,6 +214,24 @@ class TestProgram:
         assert result.rc == 0
         assert codes(result.out) == [b"220", b"250", b"250", b"553", b"221"]
         assert b"553 go away\r\n" in result.out
+
+    @pytest.mark.parametrize("env", [
+        {"GREETDELAY": "2147484"},  # 2^31 ms
+        {"GREETDELAY": "99999999999999999999999"},
+        {"TARPITDELAY": "2147484", "TARPITCOUNT": "1", "QTOOLS_TOTAL_TIMEOUT": "0"},
+    ])
+    def test_huge_delay_is_an_hour(self, maildir, env):
+        """A delay of 2^31 ms or more is taken as an hour, not an OverflowError."""
+        config, _ = tarpit.parse(["prog"], env)
+        assert max(config.delay, config.greet) == 3600
+        env = dict({"TCPREMOTEIP": "192.0.2.7"}, **env)
+        try:
+            result = run_prog(["tarpit"] + sink_cmd(maildir), env,
+                              b"HELO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nQUIT\r\n", timeout=3)
+        except subprocess.TimeoutExpired as waiting:  # the hour is not spent here
+            assert waiting.stderr.endswith(b" delay rcpt=1 seconds=3600\n"), waiting.stderr
+            return
+        assert result.out == b"554 SMTP protocol violation (#5.5.1)\r\n", result  # it spoke first
 
     def test_invalid_variable(self, maildir):
         """A TARPITDELAY that is not a number is a permanent misconfiguration."""
