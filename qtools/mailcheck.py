@@ -39,13 +39,13 @@ class MailCheck:
     def command(self, session, verb, cmd):
         if session.authenticated:
             return None  # SMTP AUTH steps aside, as RELAYCLIENT does
-        found = self.protocol.command(verb)
-        if found is not None:
-            why = (("why", found[0]), ("detail", found[1]))
-            if found[0] in self.config.protocol_refuse:
+        found = self.protocol.command(verb, cmd.barelf)
+        for test, detail in sorted(found, key=lambda hit: hit[0] not in self.config.protocol_refuse):
+            why = (("why", test), ("detail", detail))
+            if test in self.config.protocol_refuse:
                 session.log(PROTOCOL, why)
                 return (PROTOCOL + "\r\n").encode()
-            core.mark(session.environ, "%s:%s" % (PROG, found[0]))
+            core.mark(session.environ, "%s:%s" % (PROG, test))
             session.log("mark", why)
         if verb == b"mail":
             return self.mail(session, cmd)

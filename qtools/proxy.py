@@ -15,8 +15,9 @@ The filter contract.  A Filter has two hooks, both optional:
       every command before it: what a filter knows of the session never
       depends on how fast the backend's replies came.  cmd is the line as
       qmail-smtpd will act on it (qtools.address.read: verb, arg, path;
-      cmd.line is the raw line, for logs only) and verb is cmd.verb: a
-      filter decides on this reading and no other.  Return None to pass the
+      cmd.line is the raw line, for logs only; cmd.barelf tells that it
+      ended in a LF without CR) and verb is cmd.verb: a filter decides on
+      this reading and no other.  Return None to pass the
       command on, or a complete CRLF-terminated reply to answer it in the
       backend's place; the reply waits behind the backend's outstanding
       replies (PIPELINING order).  A reply starting with "421" closes the
@@ -249,7 +250,7 @@ class Engine:
 
     def _command(self, line, raw):
         session = self.session
-        command = address.read(line, self._localiphost)
+        command = address.read(line, self._localiphost, barelf=raw[-2:] != b"\r\n")
         verb = command.verb
         if verb == b"starttls":
             self._starttls(command)

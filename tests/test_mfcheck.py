@@ -334,22 +334,45 @@ class TestFilter:
             ("<greet >helo <helo >noop >helo >mail", [("pipelining", "helo")]),
             ("<greet >get", [("nonsmtp", "get")]),
             ("<greet >connect >ehlo >post", [("nonsmtp", "connect")]),
+            ("<greet >ehlo <ehlo >mail| >rcpt|", [("barelf", "mail")]),
+            (">ehlo| <greet >mail|", [("pipelining", "greeting"), ("barelf", "ehlo")]),
+            ("<greet >get|", [("nonsmtp", "get"), ("barelf", "get")]),
         ],
     )
     def test_protocol(self, steps, expected):
-        """A command before the greeting's or HELO's reply arrived, or a non-SMTP verb; once each.
+        """A command before the greeting's or HELO's reply arrived, a non-SMTP verb, a bare LF; once each.
 
-        ">verb" is a command from the client, "<verb" the backend's reply to
-        it arriving ("<greet" the greeting).
+        ">verb" is a command from the client ("|" after it: ended by a bare
+        LF), "<verb" the backend's reply to it arriving ("<greet" the greeting).
         """
         watch, found = helocheck.Protocol(helocheck.PROTOCOL_TESTS), []
         for step in steps.split():
-            verb = b"" if step == "<greet" else step[1:].encode()
+            verb = b"" if step == "<greet" else step[1:].rstrip("|").encode()
             if step[0] == "<":
                 watch.reply(verb)
             else:
-                found.append(watch.command(verb))
-        assert [f for f in found if f] == expected
+                found += watch.command(verb, step.endswith("|"))
+        assert found == expected
+
+    def test_barelf_switched_off(self):
+        """A test not named is not run."""
+        watch = helocheck.Protocol({"pipelining", "nonsmtp"})
+        watch.reply(b"")
+        assert watch.command(b"helo", barelf=True) == []
+
+    @pytest.mark.parametrize(("refuse", "expected"), [(set(), None), ({"barelf"}, b"421")])
+    def test_barelf_filter(self, refuse, expected):
+        """The filter reads the proxy's Command: a bare LF marks, or refuses with 421 when told to."""
+        check, s = checker(protocol={"barelf"}, protocol_refuse=refuse), session()
+        got = check.command(s, b"noop", read(b"NOOP", barelf=True))
+        assert (got or b"")[:3] == (expected or b"")
+        assert check.command(s, b"noop", read(b"NOOP", barelf=True)) is None  # once a connection
+        if expected is None:
+            assert s.environ["QTOOLS_SUSPECT"] == "mfcheck:barelf"
+            assert session.logs[0][2:] == ("mark", (("why", "barelf"), ("detail", "noop")))
+        else:
+            assert session.logs[0][2] == mfcheck.PROTOCOL
+        assert check.command(session(), b"noop", read(b"NOOP")) is None
 
     def test_no_helo_is_an_empty_name(self):
         """A client that never said HELO fails the fqdn test."""
@@ -524,6 +547,23 @@ class TestProgram:
                           {"MFCHECK_PROTOCOL": "pipelining=refuse"})
         assert result.out.endswith(b"421 SMTP protocol violation, closing connection (#4.5.0)\r\n")
         assert read_maildir(maildir) == []
+
+    @pytest.mark.parametrize(("spec", "delivered"), [("barelf", True), ("barelf=refuse", False),
+                                                     ("pipelining,nonsmtp", True)])
+    def test_bare_lf_command(self, maildir, dns, spec, delivered):
+        """A command ended by a bare LF is marked (still served), or refused with 421; if the test runs."""
+        stdin = transcript(b"a@example.org").replace(b"RCPT TO:<joe@example.net>\r\n",
+                                                     b"RCPT TO:<joe@example.net>\n")
+        result = self.run(maildir, dns, stdin, {"MFCHECK_PROTOCOL": spec})
+        assert len(read_maildir(maildir)) == delivered, result
+        if spec == "barelf":
+            assert b"mfcheck: 192.0.2.7 pid x: mark why=barelf detail=rcpt\n" in result.err
+            assert b"X-Sink-To: <joe@example.net>" in read_maildir(maildir)[0]
+        elif not delivered:
+            assert result.out.endswith(b"421 SMTP protocol violation, closing connection (#4.5.0)\r\n")
+            assert b"421 SMTP protocol violation, closing connection (#4.5.0) why=barelf detail=rcpt" in result.err
+        else:
+            assert b"barelf" not in result.err
 
     @pytest.mark.parametrize(("spec", "expected"), [("nonsmtp", b"mark why=nonsmtp detail=get"),
                                                     ("nonsmtp=mark", b"mark why=nonsmtp detail=get"),

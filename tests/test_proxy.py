@@ -115,20 +115,32 @@ class TestFraming:
         assert bytes(engine.to_client) == b"220 hi\r\n553 sorry, bad (#5.7.1)\r\n"
 
     @pytest.mark.parametrize(
-        "raw, line",
+        "raw, line, barelf",
         [
-            (b"NOOP\r\n", b"NOOP"),
-            (b"NOOP\n", b"NOOP"),
-            (b"NOOP\r\r\n", b"NOOP\r"),
-            (b"NOOP x\ry\r\n", b"NOOP x\ry"),
+            (b"NOOP\r\n", b"NOOP", False),
+            (b"NOOP\n", b"NOOP", True),
+            (b"NOOP\r\r\n", b"NOOP\r", False),
+            (b"NOOP x\ry\r\n", b"NOOP x\ry", False),
+            (b"NOOP\r\0\n", b"NOOP\r\0", True),
         ],
     )
-    def test_line_ends_at_lf(self, raw, line):
-        """A command ends at LF and only one CR is dropped; the raw bytes are forwarded unchanged."""
-        engine, _ = make()
+    def test_line_ends_at_lf(self, raw, line, barelf):
+        """A command ends at LF and only one CR is dropped; the raw bytes are forwarded unchanged.
+
+        The filter's Command tells whether the line ended in a bare LF.
+        """
+        seen = []
+
+        class Ending(proxy.Filter):
+            def command(self, session, verb, cmd):
+                seen.append(cmd.barelf)
+
+        engine, _ = make([("test", Recorder()), ("ending", Ending())])
         recorder = engine.filters[0][1]
-        engine.client_data(raw)
+        for byte in range(len(raw)):  # byte by byte: the same answer
+            engine.client_data(raw[byte : byte + 1])
         assert recorder.passed == [line]
+        assert seen == [barelf]
         assert bytes(engine.to_server) == raw
 
     def test_bare_lf_command_not_rewritten(self):
