@@ -39,7 +39,17 @@ transaction; set when MAIL is passed, cleared when the backend refuses it),
 rcpts (the recipients the backend accepted), tls, authenticated (the
 backend answered SMTP AUTH with 235: checks step aside, as for
 RELAYCLIENT), a per-connection dict state for filters, log(verdict,
-fields) and hold(seconds).
+fields), hold(seconds) and add_header(name, *parts).
+
+Header fields.  session.add_header(name, *parts), called from a command
+hook (at MAIL or later), adds a field at the top of this transaction's
+message; the parts are text from anywhere, cleaned and folded by
+qtools.received.field.  A field counts once the backend accepts the
+command it was added at (a MAIL accepted starts the transaction's list
+afresh); the fields are written to the backend right after its 354, in
+the order added and before any byte of the client's message, followed by
+the proxy's own Received line on a TLS session.  RSET, HELO/EHLO, STARTTLS
+and the end of the message forget them; a DATA refused writes nothing.
 
 The framing is qmail-smtpd's: a command ends at LF, one CR before it is
 dropped for parsing, and the bytes are forwarded exactly as received.
@@ -73,6 +83,7 @@ BACKEND_GONE = b"421 the mail server went away, closing connection (#4.3.0)\r\n"
 HIDDEN = frozenset((b"CHUNKING", b"STARTTLS"))
 
 MAX_LINE = 2048  # bytes of a command line without its line ending
+MAX_HEADERS = 8192  # bytes of header fields the filters may add to one message
 HIGH_WATER = 1 << 20  # stop reading a side while this much waits to be written
 # Replies owed to the client, at most: past it (a client pipelining behind
 # a reply the tarpit holds) no command is read until some have been sent.
@@ -116,6 +127,8 @@ class Session:
         self.state = {}
         self.prog = "proxy"
         self.delay = 0
+        self.headers = []  # the fields of this transaction, as bytes
+        self.adding = []  # the fields added at the command being filtered
         self._logger = logger or core.log
 
     def log(self, verdict, fields=()):
@@ -126,16 +139,33 @@ class Session:
         """Send the reply being filtered seconds later (reply hooks only)."""
         self.delay = max(self.delay, seconds)
 
+    def add_header(self, name, *parts):
+        """Add the header field "name: parts" to this transaction's message (see the module text).
+
+        Return False, with a warning, when the fields added to one message
+        would pass MAX_HEADERS bytes.
+        """
+        from qtools.received import field
+
+        data = field(name, *parts)
+        if sum(map(len, self.headers + self.adding)) + len(data) > MAX_HEADERS:
+            core.warn(self.prog, "header field %s not added: more than %d bytes for one message"
+                      % (name, MAX_HEADERS))
+            return False
+        self.adding.append(data)
+        return True
+
     def reset(self):
-        """Forget the transaction: no sender, no recipients."""
+        """Forget the transaction: no sender, no recipients, no header fields."""
         self.mail_from = None
         self.rcpts = []
+        self.headers = []
 
 
 class Entry:
     """One reply the client is owed, in command order."""
 
-    __slots__ = ("verb", "path", "reply", "ready_at", "close", "starttls")
+    __slots__ = ("verb", "path", "reply", "ready_at", "close", "starttls", "headers")
 
     def __init__(self, verb, path=None, reply=None):
         self.verb = verb
@@ -144,6 +174,7 @@ class Entry:
         self.ready_at = 0.0
         self.close = reply is not None and reply[:3] == b"421"
         self.starttls = False
+        self.headers = []  # fields added at this command: they count if it is accepted
 
 
 def code_of(lines):
@@ -258,6 +289,7 @@ class Engine:
         if verb == b"bdat":
             self._local(verb, UNIMPLEMENTED)
             return
+        session.adding = []
         for prog, each in self.filters:
             session.prog = prog
             try:
@@ -268,8 +300,11 @@ class Engine:
             if reply is not None:
                 if not reply.endswith(b"\n"):
                     reply += b"\r\n"  # a reply without its end would hang the client
+                session.adding = []  # no command, no field
                 self._local(verb, reply)
                 return
+        entry = Entry(verb, command.path)
+        entry.headers, session.adding = session.adding, []
         if verb == b"mail":
             session.mail_from = command.path
             session.rcpts = []
@@ -278,7 +313,7 @@ class Engine:
             session.reset()
         elif verb == b"rset":
             session.reset()
-        self._forward(Entry(verb, command.path), raw)
+        self._forward(entry, raw)
         if verb in (b"data", b"quit"):
             # After DATA, what follows is data only if the backend says
             # 354; after QUIT, nothing follows unless the backend stays.
@@ -403,6 +438,11 @@ class Engine:
                 edited = None
             if edited is not None:
                 lines = edited
+        added, session.adding = entry.headers + session.adding, []
+        if verb == b"mail" and ok:
+            session.headers = added  # a new transaction
+        elif code[:1] in (b"2", b"3") and verb not in (b"", b"."):
+            session.headers += added
         if session.delay:
             # Held replies wait one after the other, as a backend that
             # sleeps before each reply would make them.
@@ -420,7 +460,9 @@ class Engine:
                 self.tail = b"\r\n"  # qmail-smtpd starts DATA as after CR LF
                 if session.tls:  # the backend cannot know: say so in the message
                     from qtools.received import tls_line
-                    self.to_server += tls_line(session)
+                    session.headers.append(tls_line(session))
+                self.to_server += b"".join(session.headers)
+                session.headers = []  # once a message
         self._release()
         if self.data and self.cin:
             pending = bytes(self.cin)
