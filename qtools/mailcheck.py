@@ -80,12 +80,23 @@ class MailCheck:
             if not config.exempt:
                 return (verdict.reply + "\r\n").encode("ascii", "replace")
             self.pending = verdict  # said to each recipient not exempt
+            self.received_spf(session, verdict, address, helo)
             return None
+        self.received_spf(session, verdict, address, helo)
         if verdict.action == "mark":
             for tag in dict(verdict.why)["tags"].split(","):
                 core.mark(session.environ, tag)
         session.log(verdict.action, verdict.why)
         return None
+
+    def received_spf(self, session, verdict, address, helo):
+        """Add the Received-SPF field of the SPF result decide() computed, if it did."""
+        result = dict(verdict.why).get("spf")
+        if result is not None:
+            from qtools.spf import received
+
+            session.add_header("Received-SPF", *received(result, text(address), helo,
+                                                          session.client.ip, self.config.receiver))
 
     def rcpt(self, session, cmd):
         config = self.config

@@ -39,10 +39,11 @@ def field(name, *parts):
 
     name is ours (printable ASCII without ":", else ValueError); each part
     is text from anywhere: cleaned (core.clean, PART characters at most),
-    its runs of spaces made one.  A part that does not fit on the line
-    starts the next one, indented by two spaces as qmail folds (the parts
-    meet where white space may grow); a part longer than a line is folded
-    at its own spaces without adding any, so that unfolding gives it back.
+    its runs of spaces made one.  A part that does not fit on the line but
+    fits on a line of its own starts the next one, indented by two spaces
+    as qmail folds (the parts meet where white space may grow); a part
+    longer than a line is folded at its own spaces without adding any, so
+    that unfolding gives it back.
     """
     from qtools.core import clean
 
@@ -55,7 +56,8 @@ def field(name, *parts):
         words = clean(part, PART).split()
         if not words:
             continue
-        if not alone and width + len(words) + sum(map(len, words)) > LINE:
+        need = len(words) + sum(map(len, words))
+        if not alone and width + need > LINE and 1 + need <= LINE:
             out.append("\r\n ")
             width = 1
         for i, word in enumerate(words):
