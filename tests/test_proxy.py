@@ -876,15 +876,25 @@ class TestRandom:
     @settings(max_examples=200, deadline=None)
     @given(STREAM, st.lists(st.integers(min_value=0), max_size=8))
     def test_chunking_does_not_matter(self, data, points):
-        """Feeding the same bytes in other chunks gives the same replies and the same backend input."""
-        one, _ = make()
+        """Feeding the same bytes in other chunks gives the same replies and the same backend input.
+
+        Header fields included: a field added at MAIL or RCPT lands only at
+        the top of a message, never among the commands.
+        """
+        def filters():
+            return [("test", Recorder()), ("stamp", Stamp(verbs=(b"mail", b"rcpt")))]
+
+        one, _ = make(filters())
         first = FakeQmail()
         got_one = converse(one, first, [data])
-        two, _ = make()
+        two, _ = make(filters())
         second = FakeQmail()
         got_two = converse(two, second, cut(data, points))
         assert got_one == got_two
         assert bytes(first.raw) == bytes(second.raw)
+        assert not any(b"X-Stamp" in line for line in first.commands)
+        for message in first.messages:
+            assert b"X-Stamp" not in message.split(b"\r\n", message.count(b"X-Stamp:"))[-1]
 
 
 # --- the real program, in a subprocess --------------------------------------
