@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import VENV_BIN, base_env, read_maildir, run_prog, sink_cmd
 from helpers_proxy import FakeQmail, converse
-from qtools import core, proxy, proxyio
+from qtools import core, proxy, proxyfilter, proxyio
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers_proxy.py")
 CLIENT = core.Client("192.0.2.7", bytes([192, 0, 2, 7]))
@@ -541,8 +541,8 @@ class TestHeaders:
         """The fields of one message are bounded: past MAX_HEADERS bytes a field is not added."""
         engine, session = make()
         added = [session.add_header("X-Big", "x" * 800) for _ in range(20)]
-        assert added.count(True) == proxy.MAX_HEADERS // len(session.adding[0])
-        assert sum(map(len, session.adding)) <= proxy.MAX_HEADERS
+        assert added.count(True) == proxyfilter.MAX_HEADERS // len(session.adding[0])
+        assert sum(map(len, session.adding)) <= proxyfilter.MAX_HEADERS
         assert "proxy: warning: header field X-Big not added: more than 8192 bytes" in capfd.readouterr().err
 
     def test_broken_filter_field_name_fails_open(self, capfd):
