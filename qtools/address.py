@@ -47,25 +47,29 @@ class Command:
     path: for MAIL and RCPT, the address addrparse() gives (b"" for the
     null sender), None when qmail-smtpd answers it with a syntax error;
     literal: True when path ends in an address literal that could not be
-    mapped to the local name (no control file).
+    mapped to the local name (no control file); barelf: True when the line
+    ended in a LF without a CR before it (qmail-smtpd takes it; no SMTP
+    client sends it).
     """
 
-    __slots__ = ("line", "verb", "arg", "path", "literal")
+    __slots__ = ("line", "verb", "arg", "path", "literal", "barelf")
 
-    def __init__(self, line, verb, arg, path=None, literal=False):
+    def __init__(self, line, verb, arg, path=None, literal=False, barelf=False):
         self.line, self.verb, self.arg, self.path, self.literal = line, verb, arg, path, literal
+        self.barelf = barelf
 
     def __repr__(self):
-        return "Command(%r, %r, %r, %r, %r)" % (self.line, self.verb, self.arg, self.path,
-                                               self.literal)
+        return "Command(%r, %r, %r, %r, %r, %r)" % (self.line, self.verb, self.arg, self.path,
+                                                   self.literal, self.barelf)
 
 
-def read(line, localiphost=None):
+def read(line, localiphost=None, barelf=False):
     """Return the Command qmail-smtpd makes of line (without its line ending).
 
     localiphost is a function returning the name qmail-smtpd puts in place
     of its own address literals, or None when it cannot be known; it is
-    called only for a line with a literal.
+    called only for a line with a literal.  barelf tells how the line
+    ended (the framing's business: the line itself no longer shows it).
     """
     text = line
     nul = text.find(b"\0")
@@ -78,9 +82,9 @@ def read(line, localiphost=None):
         verb, arg = text[:at], text[at + 1 :].lstrip(b" ")
     verb = verb.lower()
     if verb not in PATH_VERBS:
-        return Command(line, verb, arg)
+        return Command(line, verb, arg, barelf=barelf)
     path, literal = addrparse(arg, localiphost)
-    return Command(line, verb, arg, path, literal)
+    return Command(line, verb, arg, path, literal, barelf)
 
 
 def addrparse(arg, localiphost=None):

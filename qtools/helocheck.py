@@ -5,7 +5,7 @@ and the protocol tests of the greeting phase (postscreen's deep tests)."""
 from qtools import core
 
 TESTS = ("literal", "fqdn", "self", "pattern")
-PROTOCOL_TESTS = ("pipelining", "nonsmtp")
+PROTOCOL_TESTS = ("pipelining", "nonsmtp", "barelf")
 # Verbs of other protocols, sent by open-proxy scanners and misdirected clients.
 NON_SMTP = frozenset((b"connect", b"get", b"post", b"head", b"put", b"user", b"pass"))
 
@@ -65,6 +65,7 @@ class Protocol:
     pipelining: a command sent before the reply to the greeting or to
     HELO/EHLO reached us (so before the client could have read it; EHLO's
     PIPELINING holds only after that reply).  nonsmtp: an HTTP or POP verb.
+    barelf: a command ended by a LF without CR (postscreen's bare_newline).
     """
 
     def __init__(self, tests):
@@ -72,19 +73,20 @@ class Protocol:
         self.awaiting = b"greeting"  # the reply the client must wait for, or None
         self.found = set()
 
-    def command(self, verb):
-        """Return (test, detail) of the first violation this command shows, or None."""
-        hit = None
+    def command(self, verb, barelf=False):
+        """Return [(test, detail)] of the violations this command shows first in the connection."""
+        hits = []
         if verb in NON_SMTP and "nonsmtp" in self.tests:
-            hit = ("nonsmtp", verb.decode("latin-1"))
+            hits.append(("nonsmtp", verb.decode("latin-1")))
         elif self.awaiting is not None and "pipelining" in self.tests:
-            hit = ("pipelining", self.awaiting.decode())
+            hits.append(("pipelining", self.awaiting.decode()))
+        if barelf and "barelf" in self.tests:
+            hits.append(("barelf", verb.decode("latin-1")))
         if verb in (b"helo", b"ehlo"):
             self.awaiting = verb
-        if hit is None or hit[0] in self.found:
-            return None
-        self.found.add(hit[0])
-        return hit
+        hits = [hit for hit in hits if hit[0] not in self.found]
+        self.found.update(hit[0] for hit in hits)
+        return hits
 
     def reply(self, verb):
         if verb in (b"", b"helo", b"ehlo"):

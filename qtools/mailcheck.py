@@ -39,13 +39,13 @@ class MailCheck:
     def command(self, session, verb, cmd):
         if session.authenticated:
             return None  # SMTP AUTH steps aside, as RELAYCLIENT does
-        found = self.protocol.command(verb)
-        if found is not None:
-            why = (("why", found[0]), ("detail", found[1]))
-            if found[0] in self.config.protocol_refuse:
+        found = self.protocol.command(verb, cmd.barelf)
+        for test, detail in sorted(found, key=lambda hit: hit[0] not in self.config.protocol_refuse):
+            why = (("why", test), ("detail", detail))
+            if test in self.config.protocol_refuse:
                 session.log(PROTOCOL, why)
                 return (PROTOCOL + "\r\n").encode()
-            core.mark(session.environ, "%s:%s" % (PROG, found[0]))
+            core.mark(session.environ, "%s:%s" % (PROG, test))
             session.log("mark", why)
         if verb == b"mail":
             return self.mail(session, cmd)
@@ -80,12 +80,23 @@ class MailCheck:
             if not config.exempt:
                 return (verdict.reply + "\r\n").encode("ascii", "replace")
             self.pending = verdict  # said to each recipient not exempt
+            self.received_spf(session, verdict, address, helo)
             return None
+        self.received_spf(session, verdict, address, helo)
         if verdict.action == "mark":
             for tag in dict(verdict.why)["tags"].split(","):
                 core.mark(session.environ, tag)
         session.log(verdict.action, verdict.why)
         return None
+
+    def received_spf(self, session, verdict, address, helo):
+        """Add the Received-SPF field of the SPF result decide() computed, if it did."""
+        result = dict(verdict.why).get("spf")
+        if result is not None:
+            from qtools.spf import received
+
+            session.add_header("Received-SPF", *received(result, text(address), helo,
+                                                          session.client.ip, self.config.receiver))
 
     def rcpt(self, session, cmd):
         config = self.config

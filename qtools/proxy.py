@@ -7,38 +7,8 @@ the connection on.  When the chain reaches an external program (qmail-smtpd),
 one proxy starts with every filter stacked in chain order and that program as
 a child on a socketpair.
 
-The filter contract.  A Filter has two hooks, both optional:
-
-  command(session, verb, cmd)
-      Called for each client command outside DATA, in order, after the
-      filters before it passed it, and only once the backend has answered
-      every command before it: what a filter knows of the session never
-      depends on how fast the backend's replies came.  cmd is the line as
-      qmail-smtpd will act on it (qtools.address.read: verb, arg, path;
-      cmd.line is the raw line, for logs only) and verb is cmd.verb: a
-      filter decides on this reading and no other.  Return None to pass the
-      command on, or a complete CRLF-terminated reply to answer it in the
-      backend's place; the reply waits behind the backend's outstanding
-      replies (PIPELINING order).  A reply starting with "421" closes the
-      connection once sent.
-
-  reply(session, verb, lines)
-      Called with each backend reply to a passed command, last filter
-      first (as if the filters were stacked proxies).  lines are the reply
-      lines with their line endings.  Return None to keep them or a new
-      list of lines.  Call session.hold(seconds) to have the reply sent
-      that much later (the tarpit); meanwhile the proxy keeps relaying and
-      replies behind it wait.  verb is b"" for the greeting and b"." for
-      the reply at the end of a message.  The code of a reply to DATA must
-      not be changed: the backend is in DATA mode after its 354.
-
-The session carries client (core.Client), environ, helo, mail_from (the
-address as qmail-smtpd parses it, b"" for the null sender, None outside a
-transaction; set when MAIL is passed, cleared when the backend refuses it),
-rcpts (the recipients the backend accepted), tls, authenticated (the
-backend answered SMTP AUTH with 235: checks step aside, as for
-RELAYCLIENT), a per-connection dict state for filters, log(verdict,
-fields) and hold(seconds).
+The filters' side of it (the Filter hooks, the Session they see, the
+header fields they add) is qtools.proxyfilter.
 
 The framing is qmail-smtpd's: a command ends at LF, one CR before it is
 dropped for parsing, and the bytes are forwarded exactly as received.
@@ -57,6 +27,7 @@ import time
 
 from qtools import core
 from qtools import address
+from qtools.proxyfilter import Filter, Session  # noqa: F401 (proxy.Filter, proxy.Session to the filters)
 
 # Replies the proxy makes itself.
 TOO_LONG = b"500 command line too long (#5.5.2)\r\n"
@@ -91,50 +62,10 @@ def bare_lf(data, start, stop):
     return -1
 
 
-class Filter:
-    """A proxy-level check; both hooks are optional (see the module text)."""
-
-    def command(self, session, verb, cmd):
-        return None
-
-    def reply(self, session, verb, lines):
-        return None
-
-
-class Session:
-    """What the filters know of one connection."""
-
-    def __init__(self, client, environ, logger=None):
-        self.client = client
-        self.environ = environ
-        self.helo = None
-        self.mail_from = None
-        self.rcpts = []
-        self.tls = False
-        self.authenticated = False
-        self.state = {}
-        self.prog = "proxy"
-        self.delay = 0
-        self._logger = logger or core.log
-
-    def log(self, verdict, fields=()):
-        """Write the decision log line under the name of the filter being called."""
-        self._logger(self.prog, self.client.ip, verdict, fields)
-
-    def hold(self, seconds):
-        """Send the reply being filtered seconds later (reply hooks only)."""
-        self.delay = max(self.delay, seconds)
-
-    def reset(self):
-        """Forget the transaction: no sender, no recipients."""
-        self.mail_from = None
-        self.rcpts = []
-
-
 class Entry:
     """One reply the client is owed, in command order."""
 
-    __slots__ = ("verb", "path", "reply", "ready_at", "close", "starttls")
+    __slots__ = ("verb", "path", "reply", "ready_at", "close", "starttls", "headers")
 
     def __init__(self, verb, path=None, reply=None):
         self.verb = verb
@@ -143,6 +74,7 @@ class Entry:
         self.ready_at = 0.0
         self.close = reply is not None and reply[:3] == b"421"
         self.starttls = False
+        self.headers = []  # fields added at this command: they count if it is accepted
 
 
 def code_of(lines):
@@ -249,7 +181,7 @@ class Engine:
 
     def _command(self, line, raw):
         session = self.session
-        command = address.read(line, self._localiphost)
+        command = address.read(line, self._localiphost, barelf=raw[-2:] != b"\r\n")
         verb = command.verb
         if verb == b"starttls":
             self._starttls(command)
@@ -257,6 +189,7 @@ class Engine:
         if verb == b"bdat":
             self._local(verb, UNIMPLEMENTED)
             return
+        session.adding = []
         for prog, each in self.filters:
             session.prog = prog
             try:
@@ -267,8 +200,11 @@ class Engine:
             if reply is not None:
                 if not reply.endswith(b"\n"):
                     reply += b"\r\n"  # a reply without its end would hang the client
+                session.adding = []  # no command, no field
                 self._local(verb, reply)
                 return
+        entry = Entry(verb, command.path)
+        entry.headers, session.adding = session.adding, []
         if verb == b"mail":
             session.mail_from = command.path
             session.rcpts = []
@@ -277,7 +213,7 @@ class Engine:
             session.reset()
         elif verb == b"rset":
             session.reset()
-        self._forward(Entry(verb, command.path), raw)
+        self._forward(entry, raw)
         if verb in (b"data", b"quit"):
             # After DATA, what follows is data only if the backend says
             # 354; after QUIT, nothing follows unless the backend stays.
@@ -402,6 +338,11 @@ class Engine:
                 edited = None
             if edited is not None:
                 lines = edited
+        added, session.adding = entry.headers + session.adding, []
+        if verb == b"mail" and ok:
+            session.headers = added  # a new transaction
+        elif code[:1] in (b"2", b"3") and verb not in (b"", b"."):
+            session.headers += added
         if session.delay:
             # Held replies wait one after the other, as a backend that
             # sleeps before each reply would make them.
@@ -419,7 +360,9 @@ class Engine:
                 self.tail = b"\r\n"  # qmail-smtpd starts DATA as after CR LF
                 if session.tls:  # the backend cannot know: say so in the message
                     from qtools.received import tls_line
-                    self.to_server += tls_line(session)
+                    session.headers.append(tls_line(session))
+                self.to_server += b"".join(session.headers)
+                session.headers = []  # once a message
         self._release()
         if self.data and self.cin:
             pending = bytes(self.cin)

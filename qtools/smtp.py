@@ -1,8 +1,15 @@
 # SPDX-License-Identifier: ISC
-"""The refusal conversation: a limited SMTP server that says no at RCPT."""
+"""The refusal conversation: a limited SMTP server that says no at RCPT.
+
+Each line is read as qmail-smtpd reads it (qtools.address.read, the proxy's
+one reading): a NUL ends what counts of it, the verb ends at the first
+space, and the sender is what addrparse() makes of MAIL's argument.
+"""
 
 import os
 import time
+
+from qtools import address
 
 # Replies the conversation makes itself, qmail style.
 TIMEOUT = "421 %s timeout, closing connection (#4.4.2)"
@@ -19,19 +26,6 @@ def greeting_name(prog, environ):
     from qtools.core import clean
 
     return clean(environ.get("QTOOLS_HOSTNAME") or "%s.local" % prog, 255)
-
-
-def is_null_sender(line):
-    """Return True for MAIL FROM:<> (any case and spacing, parameters allowed)."""
-    rest = line[4:].lstrip().lower()
-    if not rest.startswith(b"from:"):
-        return False
-    return rest[5:].lstrip().startswith(b"<>")
-
-
-def verb_of(line):
-    """Return the lowercased verb: the text up to the first space (qmail)."""
-    return line.split(b" ", 1)[0].lower()
 
 
 class Conversation:
@@ -64,12 +58,15 @@ class Conversation:
 
     def reply_to(self, line):
         """Return the reply to one command line (CR already removed)."""
-        verb = verb_of(line)
+        command = address.read(line)
+        verb = command.verb
         if verb == b"quit":
             return ("221 %s\r\n" % self.name).encode()
         if verb in OK_VERBS:
             if verb == b"mail":
-                self.null_sender = self.at_data and is_null_sender(line)
+                # qmail-smtpd's null sender: "MAIL FROM:<>", but also "MAIL"
+                # alone or "MAIL\0FROM:<a@b>" (addrparse() of an empty argument).
+                self.null_sender = self.at_data and command.path == b""
             elif verb == b"rset":
                 self.null_sender = False
             return ("250 %s\r\n" % self.name).encode()

@@ -16,6 +16,45 @@ MX_LIMIT = 10
 PTR_LIMIT = 10
 
 
+# RFC 7208 section 9.1: the Received-SPF comment of each result.
+COMMENTS = {
+    "pass": "domain of %(who)s designates %(ip)s as permitted sender",
+    "fail": "domain of %(who)s does not designate %(ip)s as permitted sender",
+    "softfail": "domain of transitioning %(who)s does not designate %(ip)s as permitted sender",
+    "neutral": "%(ip)s is neither permitted nor denied by domain of %(who)s",
+    "none": "domain of %(who)s does not designate permitted sender hosts",
+    "temperror": "error in processing during lookup of domain of %(who)s",
+    "permerror": "permanent error in processing domain of %(who)s",
+}
+# RFC 5322 section 3.2.3: the characters of an atom.
+ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+
+
+def value(text):
+    """Return text (cleaned) as a key-value pair's value: a dot-atom, or else a quoted-string."""
+    text = core.clean(text, 256)  # RFC 5321 section 4.5.3.1.3: a path has at most 256 octets
+    if text and all(atom and ATEXT.issuperset(atom) for atom in text.split(".")):
+        return text
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def received(result, sender, helo, ip, receiver):
+    """Return the parts of the Received-SPF field of one check_host() (RFC 7208 section 9.1).
+
+    sender is the MAIL FROM address ("" for <>: the HELO name was checked),
+    helo the HELO name or None, ip the client's address, receiver our name.
+    """
+    who = core.clean(sender or (helo or "").strip().lower(), 256)
+    comment = "%s: %s" % (core.clean(receiver, 100), COMMENTS[result] % {"who": who, "ip": ip})
+    for special in ("\\", "(", ")"):  # a comment's quoted-pairs (RFC 5322 section 3.2.2)
+        comment = comment.replace(special, "\\" + special)
+    parts = [result, "(%s)" % comment, "receiver=%s;" % value(receiver), "client-ip=%s;" % value(ip),
+             "envelope-from=%s;" % value(sender)]
+    if helo is not None:
+        parts.append("helo=%s;" % value(helo))
+    return parts + ["identity=%s;" % ("mailfrom" if sender else "helo")]
+
+
 class TempError(Exception):
     """A DNS failure: temperror."""
 

@@ -334,28 +334,84 @@ class TestFilter:
             ("<greet >helo <helo >noop >helo >mail", [("pipelining", "helo")]),
             ("<greet >get", [("nonsmtp", "get")]),
             ("<greet >connect >ehlo >post", [("nonsmtp", "connect")]),
+            ("<greet >ehlo <ehlo >mail| >rcpt|", [("barelf", "mail")]),
+            (">ehlo| <greet >mail|", [("pipelining", "greeting"), ("barelf", "ehlo")]),
+            ("<greet >get|", [("nonsmtp", "get"), ("barelf", "get")]),
         ],
     )
     def test_protocol(self, steps, expected):
-        """A command before the greeting's or HELO's reply arrived, or a non-SMTP verb; once each.
+        """A command before the greeting's or HELO's reply arrived, a non-SMTP verb, a bare LF; once each.
 
-        ">verb" is a command from the client, "<verb" the backend's reply to
-        it arriving ("<greet" the greeting).
+        ">verb" is a command from the client ("|" after it: ended by a bare
+        LF), "<verb" the backend's reply to it arriving ("<greet" the greeting).
         """
         watch, found = helocheck.Protocol(helocheck.PROTOCOL_TESTS), []
         for step in steps.split():
-            verb = b"" if step == "<greet" else step[1:].encode()
+            verb = b"" if step == "<greet" else step[1:].rstrip("|").encode()
             if step[0] == "<":
                 watch.reply(verb)
             else:
-                found.append(watch.command(verb))
-        assert [f for f in found if f] == expected
+                found += watch.command(verb, step.endswith("|"))
+        assert found == expected
+
+    def test_barelf_switched_off(self):
+        """A test not named is not run."""
+        watch = helocheck.Protocol({"pipelining", "nonsmtp"})
+        watch.reply(b"")
+        assert watch.command(b"helo", barelf=True) == []
+
+    @pytest.mark.parametrize(("refuse", "expected"), [(set(), None), ({"barelf"}, b"421")])
+    def test_barelf_filter(self, refuse, expected):
+        """The filter reads the proxy's Command: a bare LF marks, or refuses with 421 when told to."""
+        check, s = checker(protocol={"barelf"}, protocol_refuse=refuse), session()
+        got = check.command(s, b"noop", read(b"NOOP", barelf=True))
+        assert (got or b"")[:3] == (expected or b"")
+        assert check.command(s, b"noop", read(b"NOOP", barelf=True)) is None  # once a connection
+        if expected is None:
+            assert s.environ["QTOOLS_SUSPECT"] == "mfcheck:barelf"
+            assert session.logs[0][2:] == ("mark", (("why", "barelf"), ("detail", "noop")))
+        else:
+            assert session.logs[0][2] == mfcheck.PROTOCOL
+        assert check.command(session(), b"noop", read(b"NOOP")) is None
 
     def test_no_helo_is_an_empty_name(self):
         """A client that never said HELO fails the fqdn test."""
         check, s = checker(), session(helo=None)
         check.command(s, b"mail", read(b"MAIL FROM:<a@example.org>"))
         assert session.logs[0][2] == mfcheck.HELO_REFUSED["fqdn"]
+
+    SPF_TABLE = {**TABLE, ("example.org", "TXT"): Answer([b"v=spf1 ip4:192.0.2.0/24 -all"]),
+                 ("strict.example", "MX"): Answer([(10, "mx.example.org")]),
+                 ("strict.example", "TXT"): Answer([b"v=spf1 -all"])}
+
+    def test_received_spf(self):
+        """With SPF on, the result is told in a Received-SPF field for the message."""
+        check, s = checker(self.SPF_TABLE, spf=1, receiver="mx.example.net"), session()
+        assert check.command(s, b"mail", read(b"MAIL FROM:<a@example.org>")) is None
+        assert s.adding == [b"Received-SPF: pass (mx.example.net: domain of a@example.org designates\r\n"
+                            b" 192.0.2.7 as permitted sender) receiver=mx.example.net; client-ip=192.0.2.7;\r\n"
+                            b"  envelope-from=\"a@example.org\"; helo=mail.example.org; identity=mailfrom;\r\n"]
+
+    @pytest.mark.parametrize(
+        ("values", "sender", "expected"),
+        [
+            ({"spf": 0}, b"a@example.org", None),  # SPF off: no result, no field
+            ({"spf": 1}, b"a@strict.example", b"fail"),  # level 1 only tells
+            ({"spf": 3}, b"a@strict.example", b"fail"),  # refused, but postmaster@ still gets it
+            ({"spf": 3, "exempt": []}, b"a@strict.example", None),  # refused at MAIL: no message
+            ({"spf": 1}, b"a@nowhere.example", b"none"),  # asked with the MX: told to postmaster@
+            ({"spf": 1, "patterns": patterns.parse(["@strict.example"], "f", "t")},
+             b"a@strict.example", None),  # refused by a pattern first: SPF never asked
+            ({"spf": 1}, b"", b"none"),  # <>: the HELO name's result
+        ],
+    )
+    def test_received_spf_when_computed(self, values, sender, expected):
+        """A field for every SPF result computed, when the MAIL goes on."""
+        check, s = checker(self.SPF_TABLE, **values), session()
+        check.command(s, b"mail", read(b"MAIL FROM:<%s>" % sender))
+        got = [field.split(b" ")[1] for field in s.adding]
+        assert got == ([expected] if expected else [])
+        assert all(field.startswith(b"Received-SPF: ") for field in s.adding)
 
     def test_backend_refusal_clears(self):
         """A MAIL the backend refuses leaves nothing owed."""
@@ -412,6 +468,14 @@ def codes(out):
     return [line[:3] for line in out.split(b"\r\n") if line[3:4] == b" "]
 
 
+def without_sink_lines(message):
+    """Return a stored message without the X-Sink-* lines the demo sink writes on top."""
+    lines = message.split(b"\r\n")
+    while lines and lines[0].startswith(b"X-Sink-"):
+        lines.pop(0)
+    return b"\r\n".join(lines)
+
+
 def transcript(sender, rcpt=b"joe@example.net", helo=b"mail.example.org"):
     return (b"EHLO %s\r\nMAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\nSubject: t\r\n\r\nhi\r\n.\r\nQUIT\r\n"
             % (helo, sender, rcpt))
@@ -466,6 +530,22 @@ class TestProgram:
         assert b"550 sorry, SPF says fail for spf.example from 198.51.100.7 (#5.7.23)\r\n" in result.out
         result = self.run(maildir, dns, transcript(b"a@spf.example"), {"SPFBEHAVIOR": "3"})
         assert codes(result.out)[3] == b"250" and b"spf=pass" in result.err
+
+    @pytest.mark.parametrize(("level", "sender", "expected"),
+                             [("1", b"a@spf.example", b"pass"), ("6", b"a@spf.example", b"pass"),
+                              ("1", b"a@example.org", b"none"), ("0", b"a@spf.example", None)])
+    def test_received_spf_heads_the_message(self, maildir, dns, level, sender, expected):
+        """With SPF on, the stored message begins with the Received-SPF field of its result."""
+        result = self.run(maildir, dns, transcript(sender),
+                          {"SPFBEHAVIOR": level, "QTOOLS_HOSTNAME": "mx.example.net"})
+        (message,) = read_maildir(maildir)
+        head = without_sink_lines(message)
+        if expected is None:
+            assert head.startswith(b"Subject: t\r\n") and b"Received-SPF" not in message
+        else:
+            assert head.startswith(b"Received-SPF: %s (mx.example.net: domain of %s " % (expected, sender))
+            assert head.count(b"Received-SPF") == 1 and b"identity=mailfrom;\r\nSubject: t\r\n" in head
+        assert (b"spf=" in result.err) == (expected is not None)
 
     def test_helo_per_client(self, maildir, dns):
         """$MFCHECK_HELO chooses the HELO tests per client; an empty one runs none."""
@@ -525,6 +605,23 @@ class TestProgram:
         assert result.out.endswith(b"421 SMTP protocol violation, closing connection (#4.5.0)\r\n")
         assert read_maildir(maildir) == []
 
+    @pytest.mark.parametrize(("spec", "delivered"), [("barelf", True), ("barelf=refuse", False),
+                                                     ("pipelining,nonsmtp", True)])
+    def test_bare_lf_command(self, maildir, dns, spec, delivered):
+        """A command ended by a bare LF is marked (still served), or refused with 421; if the test runs."""
+        stdin = transcript(b"a@example.org").replace(b"RCPT TO:<joe@example.net>\r\n",
+                                                     b"RCPT TO:<joe@example.net>\n")
+        result = self.run(maildir, dns, stdin, {"MFCHECK_PROTOCOL": spec})
+        assert len(read_maildir(maildir)) == delivered, result
+        if spec == "barelf":
+            assert b"mfcheck: 192.0.2.7 pid x: mark why=barelf detail=rcpt\n" in result.err
+            assert b"X-Sink-To: <joe@example.net>" in read_maildir(maildir)[0]
+        elif not delivered:
+            assert result.out.endswith(b"421 SMTP protocol violation, closing connection (#4.5.0)\r\n")
+            assert b"421 SMTP protocol violation, closing connection (#4.5.0) why=barelf detail=rcpt" in result.err
+        else:
+            assert b"barelf" not in result.err
+
     @pytest.mark.parametrize(("spec", "expected"), [("nonsmtp", b"mark why=nonsmtp detail=get"),
                                                     ("nonsmtp=mark", b"mark why=nonsmtp detail=get"),
                                                     ("nonsmtp=refuse", b"421 SMTP protocol violation")])
@@ -569,6 +666,7 @@ class TestProgram:
 E2E_RECORDS = dict(RECORDS, **{
     "strict.example": [("MX", "10 mx.example.org."), ("TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')],
     "1.0.0.127.wl.test": [("A", "127.0.10.2")],
+    "loop.example": [("MX", "10 mx.example.org."), ("TXT", '"v=spf1 ip4:127.0.0.0/8 -all"')],
 })
 
 
@@ -640,6 +738,38 @@ class TestEndToEnd:
         out = swaks(server, "x@strict.example")
         assert "<** 550 sorry, SPF says fail for strict.example from 127.0.0.1 (#5.7.23)" in out, out
         assert "spf=fail why=spf" in server.log()
+
+    def test_received_spf_with_swaks(self, start, maildir):
+        """SPFBEHAVIOR=1 from tcp.smtp: each message swaks sends begins with its Received-SPF field."""
+        server = start(rules_text='127.0.0.1:allow,SPFBEHAVIOR="1",QTOOLS_HOSTNAME="mx.example.net"\n')
+        out = swaks(server, "x@loop.example")
+        assert "<-  250 " in out.split("DATA")[-1], out
+        out = swaks(server, "x@strict.example", "joe@example.net", "mail.example.org", "--pipeline")
+        assert "<-  250 " in out.split("DATA")[-1], out
+        first, second = [without_sink_lines(m) for m in read_maildir(maildir)]
+        assert first.startswith(b"Received-SPF: pass (mx.example.net: domain of x@loop.example designates\r\n"
+                                b" 127.0.0.1 as permitted sender) receiver=mx.example.net; client-ip=127.0.0.1;\r\n"
+                                b'  envelope-from="x@loop.example"; helo=mail.example.org; identity=mailfrom;\r\n')
+        assert second.startswith(b"Received-SPF: fail (mx.example.net: domain of x@strict.example does not")
+        assert first.count(b"Received-SPF") == second.count(b"Received-SPF") == 1
+        assert "spf=pass" in server.log() and "spf=fail" in server.log()
+
+    def test_received_spf_over_tls(self, start, maildir, tmp_path):
+        """Over STARTTLS: Received-SPF first, then the proxy's own Received line, then the message."""
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+        server = start(env={"SPFBEHAVIOR": "1", "QTOOLS_HOSTNAME": "mx.example.net",
+                            "QTOOLS_TLS_CERT": str(cert), "QTOOLS_TLS_KEY": str(key)})
+        out = swaks(server, "x@loop.example", "joe@example.net", "mail.example.org", "--tls")
+        assert "<~  250 " in out.split("DATA")[-1], out
+        (message,) = read_maildir(maildir)
+        head = without_sink_lines(message)
+        assert head.startswith(b"Received-SPF: pass (mx.example.net: domain of x@loop.example designates")
+        received = head.index(b"\r\nReceived: from unknown (HELO mail.example.org) ([127.0.0.1])\r\n"
+                              b"  by mx.example.net (qtools) with ESMTPS; ")
+        assert received < head.index(b"\r\nDate: ")
 
     def test_servfail_is_451(self, start, maildir):
         """A broken sender domain is deferred, never refused for good."""

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import VENV_BIN, base_env, read_maildir, run_prog, sink_cmd
 from helpers_proxy import FakeQmail, converse
-from qtools import core, proxy, proxyio
+from qtools import core, proxy, proxyfilter, proxyio
 
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers_proxy.py")
 CLIENT = core.Client("192.0.2.7", bytes([192, 0, 2, 7]))
@@ -115,20 +115,32 @@ class TestFraming:
         assert bytes(engine.to_client) == b"220 hi\r\n553 sorry, bad (#5.7.1)\r\n"
 
     @pytest.mark.parametrize(
-        "raw, line",
+        "raw, line, barelf",
         [
-            (b"NOOP\r\n", b"NOOP"),
-            (b"NOOP\n", b"NOOP"),
-            (b"NOOP\r\r\n", b"NOOP\r"),
-            (b"NOOP x\ry\r\n", b"NOOP x\ry"),
+            (b"NOOP\r\n", b"NOOP", False),
+            (b"NOOP\n", b"NOOP", True),
+            (b"NOOP\r\r\n", b"NOOP\r", False),
+            (b"NOOP x\ry\r\n", b"NOOP x\ry", False),
+            (b"NOOP\r\0\n", b"NOOP\r\0", True),
         ],
     )
-    def test_line_ends_at_lf(self, raw, line):
-        """A command ends at LF and only one CR is dropped; the raw bytes are forwarded unchanged."""
-        engine, _ = make()
+    def test_line_ends_at_lf(self, raw, line, barelf):
+        """A command ends at LF and only one CR is dropped; the raw bytes are forwarded unchanged.
+
+        The filter's Command tells whether the line ended in a bare LF.
+        """
+        seen = []
+
+        class Ending(proxy.Filter):
+            def command(self, session, verb, cmd):
+                seen.append(cmd.barelf)
+
+        engine, _ = make([("test", Recorder()), ("ending", Ending())])
         recorder = engine.filters[0][1]
-        engine.client_data(raw)
+        for byte in range(len(raw)):  # byte by byte: the same answer
+            engine.client_data(raw[byte : byte + 1])
         assert recorder.passed == [line]
+        assert seen == [barelf]
         assert bytes(engine.to_server) == raw
 
     def test_bare_lf_command_not_rewritten(self):
@@ -405,6 +417,139 @@ class TestReplies:
         assert bytes(engine.to_client) == b"220 hi\r\n250 ok\r\n"
         del engine.to_client[:]
         assert engine.finished()
+
+
+class Stamp(proxy.Filter):
+    """A filter that adds a header field at each MAIL whose sender contains "stamp".
+
+    verbs names other commands to add a field at (the verb in the field's
+    name); refuse names commands it refuses after adding.
+    """
+
+    def __init__(self, name="X-Stamp", verbs=(), refuse=()):
+        self.name, self.verbs, self.refuse = name, verbs, refuse
+
+    def command(self, session, verb, cmd):
+        if (verb == b"mail" and b"stamp" in cmd.line) or verb in self.verbs:
+            session.add_header(self.name, verb.decode(), (cmd.path or b"").decode("latin-1"))
+        if verb in self.refuse:
+            return b"554 no (#5.7.1)\r\n"
+        return None
+
+
+MESSAGE = b"Subject: x\r\n\r\nbody\r\n.\r\n"
+TRANSACTION = b"MAIL FROM:<stamp@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n" + MESSAGE
+
+
+class TestHeaders:
+    """Header fields the filters add (Session.add_header), written right after the 354."""
+
+    def run(self, chunks, filters=None, backend=None, tls=False):
+        engine, session = make(filters or [("stamp", Stamp())])
+        session.tls = tls
+        backend = backend or FakeQmail()
+        got = converse(engine, backend, chunks)
+        return got, backend
+
+    def test_field_comes_first_in_the_message(self):
+        """The field reaches the backend after its 354 and before the client's first byte."""
+        got, backend = self.run([b"EHLO a\r\n", b"MAIL FROM:<stamp@b>\r\n", b"RCPT TO:<c@d>\r\n",
+                                 b"DATA\r\n", MESSAGE])
+        assert backend.messages == [b"X-Stamp: mail stamp@b\r\n" + MESSAGE]
+        assert replies(got) == [b"220", b"250", b"250", b"250", b"354", b"250"]
+
+    @pytest.mark.parametrize("split", ["pipelined", "bytes", "lines"])
+    def test_however_the_client_sends(self, split):
+        """Pipelined, byte by byte or line by line: the same bytes reach the backend."""
+        whole = b"EHLO a\r\n" + TRANSACTION + b"QUIT\r\n"
+        if split == "pipelined":
+            chunks = [whole]
+        elif split == "bytes":
+            chunks = [whole[i : i + 1] for i in range(len(whole))]
+        else:
+            chunks = whole.splitlines(keepends=True)
+        got, backend = self.run(chunks)
+        assert backend.messages == [b"X-Stamp: mail stamp@b\r\n" + MESSAGE]
+        assert bytes(backend.raw) == (b"EHLO a\r\nMAIL FROM:<stamp@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"
+                                      b"X-Stamp: mail stamp@b\r\n" + MESSAGE + b"QUIT\r\n")
+
+    def test_once_a_transaction(self):
+        """Each message gets the fields of its own transaction, once."""
+        second = b"MAIL FROM:<plain@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n" + MESSAGE
+        got, backend = self.run([TRANSACTION + second + TRANSACTION])
+        assert backend.messages == [b"X-Stamp: mail stamp@b\r\n" + MESSAGE, MESSAGE,
+                                    b"X-Stamp: mail stamp@b\r\n" + MESSAGE]
+
+    @pytest.mark.parametrize("between", [b"RSET\r\n", b"HELO again\r\n", b"EHLO again\r\n",
+                                         b"MAIL FROM:<plain@b>\r\n"])
+    def test_forgotten_at_a_new_transaction(self, between):
+        """RSET, HELO, EHLO and a new MAIL forget the fields of the transaction before."""
+        got, backend = self.run([b"MAIL FROM:<stamp@b>\r\n" + between
+                                 + b"MAIL FROM:<plain@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n" + MESSAGE])
+        assert backend.messages == [MESSAGE]
+        assert b"X-Stamp" not in backend.raw
+
+    def test_not_written_when_data_is_refused(self):
+        """A DATA the backend refuses writes nothing; the 354 that follows writes the field once."""
+        got, backend = self.run([b"MAIL FROM:<stamp@b>\r\nDATA\r\nRCPT TO:<c@d>\r\nDATA\r\n" + MESSAGE])
+        assert replies(got) == [b"220", b"250", b"503", b"250", b"354", b"250"]
+        assert backend.messages == [b"X-Stamp: mail stamp@b\r\n" + MESSAGE]
+        assert backend.raw.count(b"X-Stamp") == 1
+        assert backend.raw.index(b"X-Stamp") > backend.raw.index(b"RCPT")
+
+    def test_not_written_when_a_filter_refuses_data(self):
+        """A DATA a filter refuses never reaches the backend, and neither do the fields."""
+        filters = [("stamp", Stamp()), ("no", Stamp("X-No", refuse=(b"data",)))]
+        got, backend = self.run([TRANSACTION], filters)
+        assert replies(got)[:4] == [b"220", b"250", b"250", b"554"] and b"X-Stamp" not in backend.raw
+
+    def test_refused_mail_adds_nothing(self):
+        """A MAIL refused by a later filter or by the backend leaves no field behind."""
+        filters = [("stamp", Stamp()), ("no", Stamp("X-No", refuse=(b"mail",)))]
+        got, backend = self.run([TRANSACTION], filters)
+        assert b"X-Stamp" not in backend.raw and b"X-No" not in backend.raw
+        engine, session = make([("stamp", Stamp())])
+        refusing = FakeQmail(answers={b"mail": b"553 no (#5.1.7)\r\n"})
+        got = converse(engine, refusing, [b"MAIL FROM:<stamp@b>\r\n"])
+        assert replies(got) == [b"220", b"553"]
+        assert session.headers == [] and session.adding == []
+
+    def test_fields_of_later_commands(self):
+        """A field added at RCPT or DATA counts when the backend accepts that command, in order."""
+        filters = [("stamp", Stamp(verbs=(b"rcpt", b"data")))]
+        got, backend = self.run([b"RCPT TO:<early@d>\r\n" + TRANSACTION], filters)
+        assert backend.messages == [b"X-Stamp: mail stamp@b\r\nX-Stamp: rcpt c@d\r\n"
+                                    b"X-Stamp: data\r\n" + MESSAGE]
+
+    def test_tls_received_line_comes_last(self):
+        """On a TLS session the proxy's own Received line follows the filters' fields."""
+        got, backend = self.run([b"EHLO a\r\n" + TRANSACTION], tls=True)
+        (message,) = backend.messages
+        assert message.startswith(b"X-Stamp: mail stamp@b\r\nReceived: from unknown (HELO a) ([192.0.2.7])\r\n"
+                                  b"  by localhost (qtools) with ESMTPS; ")
+        assert message.endswith(b" -0000\r\n" + MESSAGE)
+
+    def test_outside_text_is_cleaned_and_folded(self):
+        """A part from outside cannot end the field or start another; long fields are folded."""
+        engine, session = make()
+        assert session.add_header("X-Test", "a\r\nBcc: evil@example", "x" * 30, "y" * 60)
+        assert session.adding == [b"X-Test: a??Bcc: evil@example " + b"x" * 30 + b"\r\n  " + b"y" * 60 + b"\r\n"]
+        with pytest.raises(ValueError):
+            session.add_header("X-Bad\r\nBcc", "a")
+
+    def test_bounded(self, capfd):
+        """The fields of one message are bounded: past MAX_HEADERS bytes a field is not added."""
+        engine, session = make()
+        added = [session.add_header("X-Big", "x" * 800) for _ in range(20)]
+        assert added.count(True) == proxyfilter.MAX_HEADERS // len(session.adding[0])
+        assert sum(map(len, session.adding)) <= proxyfilter.MAX_HEADERS
+        assert "proxy: warning: header field X-Big not added: more than 8192 bytes" in capfd.readouterr().err
+
+    def test_broken_filter_field_name_fails_open(self, capfd):
+        """A filter that names a bad field fails open: the command goes on, without a field."""
+        got, backend = self.run([TRANSACTION], [("bad", Stamp("Bad:Name"))])
+        assert backend.messages == [MESSAGE]
+        assert "bad: warning: filter failed: ValueError" in capfd.readouterr().err
 
 
 class TestMemory:
@@ -731,15 +876,25 @@ class TestRandom:
     @settings(max_examples=200, deadline=None)
     @given(STREAM, st.lists(st.integers(min_value=0), max_size=8))
     def test_chunking_does_not_matter(self, data, points):
-        """Feeding the same bytes in other chunks gives the same replies and the same backend input."""
-        one, _ = make()
+        """Feeding the same bytes in other chunks gives the same replies and the same backend input.
+
+        Header fields included: a field added at MAIL or RCPT lands only at
+        the top of a message, never among the commands.
+        """
+        def filters():
+            return [("test", Recorder()), ("stamp", Stamp(verbs=(b"mail", b"rcpt")))]
+
+        one, _ = make(filters())
         first = FakeQmail()
         got_one = converse(one, first, [data])
-        two, _ = make()
+        two, _ = make(filters())
         second = FakeQmail()
         got_two = converse(two, second, cut(data, points))
         assert got_one == got_two
         assert bytes(first.raw) == bytes(second.raw)
+        assert not any(b"X-Stamp" in line for line in first.commands)
+        for message in first.messages:
+            assert b"X-Stamp" not in message.split(b"\r\n", message.count(b"X-Stamp:"))[-1]
 
 
 # --- the real program, in a subprocess --------------------------------------

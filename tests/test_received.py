@@ -7,9 +7,11 @@ import ssl
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import make_client, read_maildir, run_prog, sink_cmd
-from qtools import proxy, received
+from qtools import core, proxy, received
 
 
 def session(helo=b"mx.client.example", host="mx.client.example", **environ):
@@ -41,6 +43,50 @@ class TestLine:
     def test_no_helo(self):
         line = received.tls_line(session(helo=None), 0)
         assert line.startswith(b"Received: from mx.client.example ([192.0.2.7])\r\n  by localhost ")
+
+
+class TestField:
+    """Tests for `field`, the one builder of the header fields the proxy writes."""
+
+    def test_short_field_on_one_line(self):
+        assert received.field("X-Test", "a  b", "", "c") == b"X-Test: a b c\r\n"
+
+    def test_parts_fold_where_they_meet(self):
+        """A part that does not fit starts the next line, indented by two spaces."""
+        got = received.field("X-Test", "a" * 60, "b" * 20, "c" * 10)
+        assert got == b"X-Test: " + b"a" * 60 + b"\r\n  " + b"b" * 20 + b" " + b"c" * 10 + b"\r\n"
+
+    def test_long_part_folds_at_its_own_spaces(self):
+        """Inside a part the fold adds no space: unfolding gives the part back."""
+        text = " ".join(["word%02d" % n for n in range(40)])
+        got = received.field("X-Test", text)
+        assert got[:-2].replace(b"\r\n", b"") == b"X-Test: " + text.encode()
+        assert all(len(line) <= received.LINE for line in got.split(b"\r\n"))
+
+    def test_part_is_cut(self):
+        """One part is at most PART characters: a field line stays under 998."""
+        got = received.field("X-Test", "x" * 5000)
+        assert got == b"X-Test: " + b"x" * received.PART + b"\r\n"
+
+    @pytest.mark.parametrize("name", ["", "X Test", "X:Test", "X-\xe9", "X\r\nBcc", "x" * 77])
+    def test_bad_name(self, name):
+        """Field names are ours: a bad one is a programming error."""
+        with pytest.raises(ValueError):
+            received.field(name, "a")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.text(max_size=300), max_size=6))
+    def test_any_text_gives_one_well_formed_field(self, parts):
+        """Whatever the parts, one field: printable ASCII lines of at most 998, folded, CR LF."""
+        got = received.field("X-Test", *parts)
+        assert got.endswith(b"\r\n") and got.startswith(b"X-Test:")
+        lines = got[:-2].split(b"\r\n")
+        for i, line in enumerate(lines):
+            assert len(line) <= 998 and all(32 <= b < 127 for b in line)
+            if i:
+                assert line[:1] == b" " and line.strip()  # a fold, never an empty line
+        words = [w for p in parts for w in core.clean(p, received.PART).split()]
+        assert got.replace(b"\r\n", b"")[len(b"X-Test:"):].split() == [w.encode() for w in words]
 
 
 @pytest.fixture(scope="module")

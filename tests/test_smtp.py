@@ -140,21 +140,54 @@ class TestConversation:
             assert REPLY.match(line), line
 
 
-class TestHelpers:
-    """Tests for the small parsing helpers."""
+class TestReading:
+    """The conversation reads each line as qmail-smtpd does (qtools.address.read)."""
 
     @pytest.mark.parametrize(
         ("line", "expected"),
         [
-            (b"MAIL FROM:<>", True),
-            (b"mail from: <> SIZE=10", True),
-            (b"MAIL FROM:<a@b>", False),
-            (b"MAIL <>", False),
+            (b"RCPT\0 TO:<a@b>", b"451 go away (#4.7.1)"),
+            (b"MAIL\0 FROM:<a@b>", b"250 qtools.test"),
+            (b"mail from:<a@b>\0\r\nrcpt", b"250 qtools.test"),
+            (b"QUIT\0 now", b"221 qtools.test"),
+            (b"HELO\0", b"250 qtools.test"),
+            (b"NOOP\tx", b"451 go away (#4.7.1)"),
+            (b"\0MAIL FROM:<a@b>", b"451 go away (#4.7.1)"),
         ],
     )
-    def test_is_null_sender(self, line, expected):
-        """Recognise MAIL FROM:<> in any case and spacing."""
-        assert smtp.is_null_sender(line) is expected
+    def test_nul_ends_the_line(self, line, expected):
+        """A NUL ends what counts of a line, in the verb as in the argument."""
+        rc, out = converse(line + b"\r\n")
+        assert out.split(b"\r\n")[1] == expected
+
+    @pytest.mark.parametrize(
+        ("mail", "deferred_at_data"),
+        [
+            (b"MAIL FROM:<>", True),
+            (b"mail from: <> SIZE=10", True),
+            (b"MAIL <>", True),  # addrparse() takes the text after the first "<"
+            (b"MAIL", True),  # an empty argument is the null sender to qmail-smtpd
+            (b"MAIL\0 FROM:<a@b>", True),  # so is one a NUL cut short
+            (b"MAIL FROM:<>\0x", True),
+            (b"MAIL FROM:<a@b>", False),
+            (b"MAIL FROM:<\0>", True),
+            (b"MAIL FROM:<\"\">", True),  # quotes removed: empty
+            (b"MAIL FROM:<a\0@b>", False),  # "<a" is a sender
+        ],
+    )
+    def test_null_sender_as_qmail_reads_it(self, mail, deferred_at_data):
+        """Which MAIL is the null sender (and is deferred at DATA) is addrparse()'s answer."""
+        rc, out = converse(mail + b"\r\nrcpt to:<a@b>\r\ndata\r\n", error_at_data_for_null_sender=True)
+        replies = out.split(b"\r\n")[1:-1]
+        assert replies[0] == b"250 qtools.test"
+        if deferred_at_data:
+            assert replies[1:] == [b"250 qtools.test", b"451 go away (#4.7.1)"]
+        else:
+            assert replies[1:] == [b"451 go away (#4.7.1)", b"451 go away (#4.7.1)"]
+
+
+class TestHelpers:
+    """Tests for the small helpers."""
 
     def test_greeting_name(self):
         """The name is $QTOOLS_HOSTNAME or PROG.local."""

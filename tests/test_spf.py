@@ -273,6 +273,75 @@ class TestCheckHost:
         assert [("mx1.example.com", "A"), ("mx2.example.com", "A")] in ask.asked
 
 
+class TestReceivedSPF:
+    """Tests for `received` and `value`: the Received-SPF field of RFC 7208 section 9.1."""
+
+    def test_rfc_example(self):
+        """The shape of the RFC's first example, key-value pairs of section 9.1."""
+        parts = spf.received("pass", "myname@example.com", "foo.example.com", "192.0.2.1",
+                             "mybox.example.org")
+        assert parts == [
+            "pass",
+            "(mybox.example.org: domain of myname@example.com designates 192.0.2.1 as permitted sender)",
+            "receiver=mybox.example.org;", "client-ip=192.0.2.1;",
+            'envelope-from="myname@example.com";', "helo=foo.example.com;", "identity=mailfrom;"]
+
+    @pytest.mark.parametrize("result", sorted(spf.COMMENTS))
+    def test_every_result_has_its_comment(self, result):
+        """Each of the seven results has a comment naming the identity."""
+        parts = spf.received(result, "a@b.example", "h.example", "192.0.2.1", "mx.example")
+        assert parts[0] == result and "a@b.example" in parts[1]
+
+    def test_null_sender_names_the_helo_identity(self):
+        """For <> the HELO name was checked: identity=helo, envelope-from empty."""
+        parts = spf.received("fail", "", "Mail.Example.ORG ", "2001:db8::7", "mx.example")
+        assert parts[1] == ("(mx.example: domain of mail.example.org does not designate"
+                            " 2001:db8::7 as permitted sender)")
+        assert parts[3:] == ['client-ip="2001:db8::7";', 'envelope-from="";',
+                             'helo="Mail.Example.ORG ";', "identity=helo;"]  # as said
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("mx.example", "mx.example"),
+            ("192.0.2.1", "192.0.2.1"),
+            ("a@b", '"a@b"'),
+            ("", '""'),
+            ("a..b", '"a..b"'),
+            (".a", '".a"'),
+            ('x"y\\z', '"x\\"y\\\\z"'),
+            ("[1.2.3.4]", '"[1.2.3.4]"'),
+            ("a\r\nBcc: b", '"a??Bcc: b"'),
+        ],
+    )
+    def test_value(self, text, expected):
+        """A dot-atom stays bare; anything else is a quoted-string with its quotes escaped."""
+        assert spf.value(text) == expected
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(sorted(spf.COMMENTS)), st.text(max_size=300), st.one_of(st.none(), st.text(max_size=80)))
+    def test_outside_text_stays_inside(self, result, sender, helo):
+        """Whatever the client said, its text stays inside the comment and the quoted values."""
+        from qtools.received import field
+
+        parts = spf.received(result, sender, helo, "192.0.2.1", "mx.example")
+        comment = parts[1]
+        # The comment's parentheses balance once quoted-pairs are set aside.
+        depth, escaped = 0, False
+        for i, c in enumerate(comment):
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c in "()":
+                depth += 1 if c == "(" else -1
+                assert depth > 0 or i == len(comment) - 1
+        assert depth == 0 and not escaped
+        got = field("Received-SPF", *parts)
+        assert got.count(b"\r\n") == got.count(b"\r\n ") + 1
+        assert got.rstrip(b"\r\n").endswith(b"identity=%s;" % (b"mailfrom" if sender else b"helo"))
+
+
 class TestWithDNSServer:
     """The same checks over the wire, through qtools' resolver and the test DNS server."""
 
