@@ -401,17 +401,27 @@ class Verdict:
 def step_aside(client, environ, name):
     """Return the Verdict for a client every check leaves alone or $name refuses, else None.
 
-    RELAYCLIENT and WHITELISTED (cqgreylist's) skip; $name is read on the
-    $RBLSMTPD pattern.
+    RELAYCLIENT, WHITELISTED (cqgreylist's) and the trust mark skip; $name
+    is read on the $RBLSMTPD pattern.
     """
-    if client.relay:
-        return Verdict("skip", why=(("why", "relayclient"),))
-    if "WHITELISTED" in environ:
-        return Verdict("skip", why=(("why", "whitelisted"),))
+    verdict = exempt_client(client, environ)
+    if verdict is not None:
+        return verdict
     wish = override(environ, name)
     if wish.action == "refuse":
         return from_override(wish)
     return Verdict("skip", why=(("why", "override"),)) if wish.action == "skip" else None
+
+
+def exempt_client(client, environ):
+    """Return the skip Verdict of a client with RELAYCLIENT, WHITELISTED or the trust mark, else None."""
+    if client.relay:
+        return Verdict("skip", why=(("why", "relayclient"),))
+    if "WHITELISTED" in environ:
+        return Verdict("skip", why=(("why", "whitelisted"),))
+    if environ.get(TRUST_VARIABLE):
+        return Verdict("skip", why=(("why", "trusted"), ("trust", environ[TRUST_VARIABLE])))
+    return None
 
 
 def from_override(ov, default_code=451):

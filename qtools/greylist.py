@@ -84,10 +84,9 @@ def decide(client, environ, config, store, now, allowlist=None):
 
 def exemption(client, environ, config, allowlist=None):
     """Return the Verdict of a client the store is not asked about, else None."""
-    if client.relay:
-        return core.Verdict("skip", why=(("why", "relayclient"),))
-    if "WHITELISTED" in environ:
-        return core.Verdict("skip", why=(("why", "whitelisted"),))
+    verdict = core.exempt_client(client, environ)  # RELAYCLIENT, WHITELISTED, the trust mark
+    if verdict is not None:
+        return verdict
     wish = core.override(environ, OVERRIDE)
     if wish.action == "skip":
         return core.Verdict("skip", why=(("why", "override"),))

@@ -93,13 +93,15 @@ class TestOverride:
         [
             (True, {"X": "no"}, ("skip", "relayclient")),
             (False, {"WHITELISTED": "", "X": "no"}, ("skip", "whitelisted")),
+            (False, {"QTOOLS_TRUSTED": "rblcheck:dnswl.test", "X": "no"}, ("skip", "trusted")),
+            (False, {"QTOOLS_TRUSTED": "", "X": "no"}, ("refuse", "override")),
             (False, {"X": ""}, ("skip", "override")),
             (False, {"X": "-no"}, ("refuse", "override")),
             (False, {}, None),
         ],
     )
     def test_step_aside(self, relay, environ, expected):
-        """RELAYCLIENT first, then WHITELISTED, then the override variable."""
+        """RELAYCLIENT first, then WHITELISTED and the trust mark, then the override variable."""
         client = core.Client("192.0.2.7", bytes([192, 0, 2, 7]), relay=relay)
         verdict = core.step_aside(client, environ, "X")
         assert (verdict and (verdict.action, dict(verdict.why)["why"])) == expected

@@ -60,6 +60,11 @@ class TestDecide:
         [
             ({}, {"relay": True}, core.Verdict("skip", why=(("why", "relayclient"),))),
             ({"WHITELISTED": ""}, {}, core.Verdict("skip", why=(("why", "whitelisted"),))),
+            (
+                {"QTOOLS_TRUSTED": "rblcheck:dnswl.test", "QTOOLS_GREYLIST": "go away"},
+                {},
+                core.Verdict("skip", why=(("why", "trusted"), ("trust", "rblcheck:dnswl.test"))),
+            ),
             ({"QTOOLS_GREYLIST": ""}, {}, core.Verdict("skip", why=(("why", "override"),))),
             (
                 {"QTOOLS_GREYLIST": "go away"},
@@ -74,7 +79,7 @@ class TestDecide:
         ],
     )
     def test_skips_and_override(self, tmp_path, environ, kwargs, expected):
-        """RELAYCLIENT, WHITELISTED and the override variable come before the store."""
+        """RELAYCLIENT, WHITELISTED, the trust mark and the override variable come before the store."""
         s = DirStore(str(tmp_path))
         assert greylist.decide(client(**kwargs), environ, config(), s, T0) == expected
         assert os.listdir(str(tmp_path)) == []
@@ -714,6 +719,13 @@ class TestTriplets:
         f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>"))
         verdict = greylist.decide(client("192.0.2.9"), {}, config(triplet=True), f.store, clock.now + 5)
         assert verdict == core.Verdict("pass", why=(("key", "192.0.2.0/24"), ("state", "known")))
+
+    def test_trusted_network_never_reaches_the_proxy(self, tmp_path):
+        """In triplet mode too the trust mark steps aside before the store, as WHITELISTED does."""
+        environ = {"QTOOLS_TRUSTED": "rblcheck:dnswl.test"}
+        verdict = greylist.decide(client(), environ, config(triplet=True), DirStore(str(tmp_path)), T0)
+        assert verdict == core.Verdict("skip", why=(("why", "trusted"), ("trust", "rblcheck:dnswl.test")))
+        assert os.listdir(str(tmp_path)) == []
 
     def test_unproven_network_goes_to_proxy(self, tmp_path):
         """A network that has not passed is handed to the filter, and nothing is written."""
