@@ -329,6 +329,24 @@ def trusted(environ):
     return "WHITELISTED" in environ or bool(environ.get(TRUST_VARIABLE))
 
 
+EXEMPT = "postmaster@ abuse@"  # RFC 5321 section 4.5.1: never deferred or refused
+EXEMPT_VARIABLE = "MFCHECK_EXEMPT"
+
+
+def exemptions(given, environ):
+    """Return the recipient exemption list: $MFCHECK_EXEMPT when set, else given, else EXEMPT.
+
+    given is the list of -e options (None or empty: none given); an entry is
+    local@ (that local part at any domain), user@domain or @domain, and an
+    empty one (-e "") leaves the list empty.  mfcheck and greylist -T read
+    the same list, so one tcp.smtp variable spares a recipient from both.
+    """
+    if EXEMPT_VARIABLE in environ:
+        given = environ[EXEMPT_VARIABLE].split()
+    return [entry for entry in given if entry] if given or EXEMPT_VARIABLE in environ else (
+        EXEMPT.split())
+
+
 # --- Replies and the decision log -------------------------------------------
 
 

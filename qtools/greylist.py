@@ -8,7 +8,7 @@ from qtools import core
 PROG = "greylist"
 USAGE = (
     "greylist [ -nsfiT ] [ -m delay ] [ -w window ] [ -l lifetime ] [ -4 bits ] [ -6 bits ]"
-    " [ -a allow.cdb ] [ -t timeout ] dir prog... | -P dir | -q dir [ ip... ] | -A dir ip..."
+    " [ -a allow.cdb ] [ -e address ] [ -t timeout ] dir prog... | -P dir | -q dir [ ip... ] | -A dir ip..."
     " | -D dir ip..."
 )
 OVERRIDE = "QTOOLS_GREYLIST"
@@ -28,6 +28,7 @@ class Config:
         self.learn = self.selective = self.fail_closed = self.triplet = False
         self.allow = None
         self.timeout = 60
+        self.exempt = core.EXEMPT.split()  # recipients -T never defers
 
     @property
     def timers(self):
@@ -186,9 +187,16 @@ class Triplets:
         """Check each triplet; return the deferral reply if one must wait."""
         from qtools.store import StoreError
 
+        from qtools.mailcheck import exempt  # mfcheck's reading of the list, shared
+
         now = self.clock()
         refusal, longest = None, -1
         for rcpt in rcpts:
+            shown = rcpt.decode("latin-1")
+            entry = exempt(shown, self.config.exempt)
+            if entry is not None:  # postmaster@ (RFC 5321 section 4.5.1) is never deferred
+                session.log("pass", (("rcpt", shown), ("why", "exempt"), ("entry", entry)))
+                continue
             key = triplet_key(self.network, sender, rcpt)
             try:
                 state = self.store.check(key, now)
@@ -208,10 +216,10 @@ class Triplets:
         return None if refusal is None else (refusal.reply + "\r\n").encode("ascii", "replace")
 
 
-def parse(argv):
+def parse(argv, environ=None):
     """Return (config, command letter or None, rest of argv)."""
-    options, rest = core.getopt(argv, "nsfiTm:w:l:4:6:a:t:PqAD")
-    config, command = Config(), None
+    options, rest = core.getopt(argv, "nsfiTm:w:l:4:6:a:e:t:PqAD")
+    config, command, exempts = Config(), None, []
     flags = {"n": "learn", "s": "selective", "f": "fail_closed", "T": "triplet"}
     numbers = {"m": ("delay", 0, None), "w": ("window", 1, None), "l": ("lifetime", 1, None),
                "4": ("v4", 0, 32), "6": ("v6", 0, 128), "t": ("timeout", 0, None)}
@@ -227,8 +235,11 @@ def parse(argv):
             setattr(config, name, core.number(PROG, letter, value, low, high))
         elif letter == "i":
             config.v4, config.v6 = 32, 128
+        elif letter == "e":
+            exempts.append(value)
         else:
             config.allow = value
+    config.exempt = core.exemptions(exempts, environ or {})
     if config.delay >= config.window:
         raise core.Usage("the delay (-m) must be shorter than the window (-w)")
     if not rest or (command is None and len(rest) < 2):
@@ -262,7 +273,7 @@ def open_or_die(where, config):
 @core.main_of(PROG, USAGE)
 def main(argv, environ):
     """Greylist the connection, or run a command on the store."""
-    config, command, rest = parse(argv)
+    config, command, rest = parse(argv, environ)
     if command is not None:
         from qtools.store import StoreError, admin
 

@@ -249,6 +249,22 @@ class TestParse:
         assert greylist.parse(["-i", "/g", "x"])[0].v6 == 128
 
     @pytest.mark.parametrize(
+        "argv, environ, exempt",
+        [
+            (["/g", "x"], {}, ["postmaster@", "abuse@"]),
+            (["-e", "hostmaster@", "-e", "@example.net", "/g", "x"], {},
+             ["hostmaster@", "@example.net"]),
+            (["-e", "", "/g", "x"], {}, []),
+            (["-e", "hostmaster@", "/g", "x"], {"MFCHECK_EXEMPT": "postmaster@ a@b.example"},
+             ["postmaster@", "a@b.example"]),
+            (["/g", "x"], {"MFCHECK_EXEMPT": ""}, []),
+        ],
+    )
+    def test_exemption_list(self, argv, environ, exempt):
+        """-e as mfcheck's, and $MFCHECK_EXEMPT over it: one list for both programs."""
+        assert greylist.parse(argv, environ)[0].exempt == exempt
+
+    @pytest.mark.parametrize(
         "argv",
         [[], ["/g"], ["-m", "x", "/g", "p"], ["-4", "33", "/g", "p"], ["-m", "600", "-w", "600", "/g", "p"],
          ["-P", "-q", "/g"], ["-z", "/g", "p"]],
@@ -751,6 +767,41 @@ class TestTriplets:
                          read(b"RCPT TO:<b@example.net>")) is None
 
     @pytest.mark.parametrize(
+        "rcpt, exempt, entry",
+        [
+            (b"Postmaster@Example.NET", None, "postmaster@"),
+            (b"abuse@example.net", None, "abuse@"),
+            (b"postmaster", None, "postmaster@"),
+            (b"b@example.net", ["@example.net"], "@example.net"),
+            (b"b@example.net", ["b@example.net"], "b@example.net"),
+            (b"b@example.net", None, None),
+            (b"postmaster@example.net", [], None),
+            (b"abuse@example.net", ["postmaster@"], None),
+        ],
+    )
+    def test_exempt_recipient_never_deferred(self, tmp_path, rcpt, exempt, entry):
+        """A recipient on the exemption list passes at once and nothing is stored for it."""
+        f, _ = self.make(tmp_path, **({} if exempt is None else {"exempt": exempt}))
+        session = Session(b"a@example.org")
+        got = f.command(session, b"rcpt", read(b"RCPT TO:<%s>" % rcpt))
+        if entry is None:
+            assert got.startswith(b"451 greylisted")
+            return
+        assert got is None
+        assert session.logged == [("pass", {"rcpt": rcpt.decode(), "why": "exempt", "entry": entry})]
+        assert os.listdir(str(tmp_path)) == []
+
+    def test_exempt_recipient_of_a_bounce(self, tmp_path):
+        """A bounce to postmaster and another recipient is judged on the other one only."""
+        f, clock = self.make(tmp_path)
+        session = Session(b"", [b"postmaster@example.net"])
+        assert f.command(session, b"data", read(b"DATA")) is None
+        session = Session(b"", [b"postmaster@example.net", b"b@example.net"])
+        assert f.command(session, b"data", read(b"DATA")).startswith(b"451 greylisted")
+        clock.now += 300
+        assert f.command(session, b"data", read(b"DATA")) is None
+
+    @pytest.mark.parametrize(
         "verb, line, mail_from",
         [
             (b"rcpt", b"RCPT TO:<b@example.net>", None),
@@ -822,6 +873,30 @@ class TestTripletTranscript:
         assert re.fullmatch(rb"192\.0\.2\.0/24 a@example\.org b@example\.net wait first=\S+ left=300\n",
                             listing), listing
         assert result.err.count(b" pid x: end ") == 1
+
+
+    def test_postmaster_never_deferred(self, tmp_path):
+        """greylist -T passes postmaster@ at once, logs why, and defers the other recipient."""
+        store, mail = tmp_path / "state", tmp_path / "mail"
+        store.mkdir()
+        mail.mkdir()
+        session = (b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<PostMaster@example.net>\r\n"
+                   b"RCPT TO:<b@example.net>\r\nQUIT\r\n")
+        env = {"TCPREMOTEIP": "192.0.2.7"}
+        result = run_prog(["greylist", "-T", str(store)] + sink_cmd(mail), env, session)
+        assert result.rc == 0
+        replies = result.out.split(b"\r\n")
+        assert replies[-4].startswith(b"250 ")
+        assert replies[-3] == b"451 greylisted, try again in 300 seconds (#4.7.1)"
+        assert (b"greylist: 192.0.2.7 pid x: pass rcpt=PostMaster@example.net why=exempt"
+                b" entry=postmaster@\n") in result.err
+        listing = run_prog(["greylist", "-q", str(store)]).out
+        assert b"postmaster" not in listing.lower() and b"b@example.net wait" in listing
+        # $MFCHECK_EXEMPT, set per client in tcp.smtp, is mfcheck's list and greylist's.
+        result = run_prog(["greylist", "-T", str(store)] + sink_cmd(mail),
+                          dict(env, MFCHECK_EXEMPT="@example.net"), session)
+        assert b"451 " not in result.out
+        assert b"why=exempt entry=@example.net" in result.err
 
 
 @pytest.mark.e2e
