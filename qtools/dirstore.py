@@ -6,7 +6,7 @@ The timers and the Store interface it implements are store.py's.
 
 import os
 
-from qtools.store import State, Store, StoreError, waiting
+from qtools.store import COUNT_EVERY, State, Store, StoreError, waiting
 
 
 # Bytes kept as they are in file names; every other byte is written %XX.
@@ -54,6 +54,10 @@ class DirStore(Store):
     Layout:
         DIR/grey/END/XX/NAME   unproven keys; mtime = first seen
         DIR/pass/END/XX/NAME   passed keys; mtime = last accepted connection
+        DIR/count/END/XX/NAME/N  the passes counted (check and passed with
+                               most): one empty file per pass, 1, 2, ...;
+                               mtime of the highest = when it was counted,
+                               or the last pass once most are counted
     Each END directory is a generation: the keys written during one window
     (grey) or one lifetime (pass), so nothing in it is alive at time END or
     later.  A lookup looks only at the current and the previous generation;
@@ -310,16 +314,117 @@ class DirStore(Store):
                 return first
         return None
 
-    def passed(self, key, now):
-        """Refresh key and return True if it passed and is alive; else change nothing."""
-        return self._passed(file_name(key), now, refresh=True) is not None
+    # --- the pass count -------------------------------------------------------
 
-    def check(self, key, now):
+    def _count_dir(self, name, now, move):
+        """Return (open directory of name's count or None, its generation's parts).
+
+        With move, a count found in the previous generation is renamed into
+        the current one first, as a pass entry is.
+        """
+        current = self._place("count", now, 0, name)
+        fd = self._open(current + (name,))
+        if fd is not None:
+            return fd, current
+        previous = self._place("count", now, 1, name)
+        if not move:
+            return self._open(previous + (name,)), previous
+        source = self._open(previous)
+        if source is None:
+            return None, current
+        try:
+            target = self._open(current, create=True)
+            try:
+                os.rename(name, name, src_dir_fd=source, dst_dir_fd=target)
+            except (FileNotFoundError, FileExistsError):
+                pass  # none to move, or moved by a concurrent connection
+            except OSError as error:
+                import errno
+
+                if error.errno != errno.ENOTEMPTY:  # a concurrent count is already there
+                    raise self._fail("update", self._path("count", now, 0, name), error)
+            finally:
+                os.close(target)
+        finally:
+            os.close(source)
+        return self._open(current + (name,)), current
+
+    def _read_count(self, fd, parts, name, now):
+        """Return (passes counted, mtime of the highest) of the open count fd, and close it.
+
+        A count whose highest entry is a lifetime old outlived its pass: none.
+        """
+        if fd is None:
+            return 0, None
+        try:
+            numbers = [int(n) for n in self._list(fd, parts + (name,))
+                       if n.isdigit() and n.isascii() and len(n) < 10]
+            if not numbers:
+                return 0, None
+            count = max(numbers)
+            try:
+                last = os.stat(str(count), dir_fd=fd, follow_symlinks=False).st_mtime
+            except FileNotFoundError:  # dropped by a concurrent deny
+                return 0, None
+            except OSError as error:
+                raise self._fail("stat", os.path.join(self.root, *parts, name, str(count)), error)
+        finally:
+            os.close(fd)
+        return (0, None) if now >= last + self.timers.lifetime else (count, last)
+
+    def _count(self, name, now, most, key):
+        """Count a pass of name (one every COUNT_EVERY seconds, up to most); return the count."""
+        fd, parts = self._count_dir(name, now, move=True)
+        count, last = self._read_count(fd, parts, name, now)
+        if count >= most:
+            # Counted in full: the highest entry's time follows the passes,
+            # so that the count lives as long as the pass.
+            fd = self._open(parts + (name,))
+            if fd is not None:
+                try:
+                    os.utime(str(count), (now, now), dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    pass
+                except OSError as error:
+                    raise self._fail("update", self._path("count", now, 0, name), error)
+                finally:
+                    os.close(fd)
+            return count
+        if count and now < last + COUNT_EVERY:
+            return count
+        if count == 0:
+            self._drop_count(name, now)  # what an earlier life of the key left
+        # link() of a complete entry: a concurrent connection that counted
+        # the same pass makes this one fail, and the pass counts once.
+        self._create(parts + (name,), str(count + 1), now, key)
+        return count + 1
+
+    def _drop_count(self, name, now):
+        """Remove name's count, in both generations."""
+        for age in (0, 1):
+            parts = self._place("count", now, age, name)
+            parent = self._open(parts)
+            if parent is not None:
+                try:
+                    self._remove_tree(parent, name, parts + (name,), 0)
+                finally:
+                    os.close(parent)
+
+    def passed(self, key, now, most=0):
+        """Refresh key and return its State if it passed and is alive; else change nothing, None."""
+        name = file_name(key)
+        last = self._passed(name, now, refresh=True)
+        if last is None:
+            return None
+        return State("known", last=last, passes=self._count(name, now, most, key) if most else 0)
+
+    def check(self, key, now, most=0):
         """Apply the timers to key at time now, atomically; return its State."""
         name = file_name(key)
         last = self._passed(name, now, refresh=True)
         if last is not None:
-            return State("known", last=last)
+            return State("known", last=last,
+                         passes=self._count(name, now, most, key) if most else 0)
         first = self._first(name, now)
         if first is None:
             grey = self._place("grey", now, 0, name)
@@ -337,6 +442,8 @@ class DirStore(Store):
             # A complete entry renamed into place: a crash never leaves a
             # pass entry without the key a hashed name keeps inside.
             self._replace(self._place("pass", now, 0, name), name, now, key)
+            if most:
+                state.passes = self._count(name, now, most, key)
         return state
 
     # --- the command line and cron -------------------------------------------
@@ -347,7 +454,8 @@ class DirStore(Store):
         name = file_name(key)
         last = self._passed(name, now, refresh=False)
         if last is not None:
-            return State("known", last=last)
+            fd, parts = self._count_dir(name, now, move=False)
+            return State("known", last=last, passes=self._read_count(fd, parts, name, now)[0])
         first = self._first(name, now)
         if first is None:
             return State("new", now, left=self.timers.delay)
@@ -363,6 +471,7 @@ class DirStore(Store):
         name = file_name(key)
         for age in (0, 1):
             self._unlink(self._place("pass", now, age, name), name)
+        self._drop_count(name, now)
         self._replace(self._place("grey", now, 0, name), name, now, key)
 
     def forget(self, key, now):
@@ -371,6 +480,7 @@ class DirStore(Store):
         for tree in ("pass", "grey"):
             for age in (0, 1):
                 self._unlink(self._place(tree, now, age, name), name)
+        self._drop_count(name, now)
 
     def _list(self, fd, parts):
         try:
@@ -438,7 +548,7 @@ class DirStore(Store):
         """Remove every dead generation; return the number of entries removed."""
         self._root()  # a mistyped name in a crontab is an error
         removed = 0
-        for tree in ("grey", "pass"):
+        for tree in ("grey", "pass", "count"):
             top = self._open((tree,))
             if top is None:
                 continue

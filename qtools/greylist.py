@@ -8,11 +8,12 @@ from qtools import core
 PROG = "greylist"
 USAGE = (
     "greylist [ -nsfiT ] [ -m delay ] [ -w window ] [ -l lifetime ] [ -4 bits ] [ -6 bits ]"
-    " [ -a allow.cdb ] [ -e address ] [ -t timeout ] dir prog... | -P dir | -q dir [ ip... ] | -A dir ip..."
+    " [ -a allow.cdb ] [ -e address ] [ -c passes ] [ -t timeout ] dir prog... | -P dir | -q dir [ ip... ] | -A dir ip..."
     " | -D dir ip..."
 )
 OVERRIDE = "QTOOLS_GREYLIST"
 STORE = "QTOOLS_GREYLIST_STORE"  # replaces dir for a connection: tcp.smtp picks the store
+TRUST = PROG + ":passed"  # the trust mark of a network that passed -c times
 
 # SMTP replies.
 DEFER = "greylisted, try again in %d seconds (#4.7.1)"
@@ -29,6 +30,7 @@ class Config:
         self.allow = None
         self.timeout = 60
         self.exempt = core.EXEMPT.split()  # recipients -T never defers
+        self.trust = 0  # passes after which a network is trusted (-c); 0: never
 
     @property
     def timers(self):
@@ -58,11 +60,19 @@ def verdict_of(state, fields, config, now):
     if state.first is not None and state.status != "new":
         fields.append(("age", int(now - state.first)))
     if not state.defer:
-        return core.Verdict("pass", why=fields)
+        return core.Verdict("pass", why=fields + trusting(state, config))
     left = max(1, int(-(-state.left // 1)))
     if config.learn:
         return core.Verdict("pass", why=fields + [("learn", "defer"), ("left", left)])
     return core.Verdict("refuse", 451, DEFER % left, fields)
+
+
+def trusting(state, config):
+    """Return the log fields of a passing State under -c: its passes, and the trust it earned."""
+    if not config.trust:
+        return []
+    fields = [("passes", state.passes)]
+    return fields + [("trust", TRUST)] if state.passes >= config.trust else fields
 
 
 def failed(error, config):
@@ -114,11 +124,13 @@ def judge(client, environ, config, store, now):
     key = key_of(client.packed, config)
     try:
         if not config.triplet:
-            state = store.check(key, now)
-        elif store.passed(key, now):
-            return core.Verdict("pass", why=(("key", key), ("state", "known")))
+            state = store.check(key, now, config.trust)
         else:
-            return core.Verdict("proxy", why=(("key", key),))
+            state = store.passed(key, now, config.trust)
+            if state is None:
+                return core.Verdict("proxy", why=(("key", key),))
+            why = [("key", key), ("state", "known")] + trusting(state, config)
+            return core.Verdict("pass", why=why)
     except StoreError as error:
         return failed(error, config)
     tags = core.marks(environ)
@@ -205,6 +217,8 @@ class Triplets:
                     # One proven triplet shows the network retries like an
                     # MTA: its other senders (pools, VERP) pass from now on.
                     self.store.allow(self.network, now)
+                    if self.config.trust:  # and it counts as a pass of the network
+                        self.store.passed(self.network, now, self.config.trust)
             except StoreError as error:
                 core.warn(PROG, str(error))
                 state, verdict = None, failed(error, self.config)
@@ -218,11 +232,12 @@ class Triplets:
 
 def parse(argv, environ=None):
     """Return (config, command letter or None, rest of argv)."""
-    options, rest = core.getopt(argv, "nsfiTm:w:l:4:6:a:e:t:PqAD")
+    options, rest = core.getopt(argv, "nsfiTm:w:l:4:6:a:e:c:t:PqAD")
     config, command, exempts = Config(), None, []
     flags = {"n": "learn", "s": "selective", "f": "fail_closed", "T": "triplet"}
     numbers = {"m": ("delay", 0, None), "w": ("window", 1, None), "l": ("lifetime", 1, None),
-               "4": ("v4", 0, 32), "6": ("v6", 0, 128), "t": ("timeout", 0, None)}
+               "4": ("v4", 0, 32), "6": ("v6", 0, 128), "t": ("timeout", 0, None),
+               "c": ("trust", 0, 1000)}
     for letter, value in options:
         if letter in "PqAD":
             if command not in (None, letter):
@@ -299,6 +314,8 @@ def main(argv, environ):
     why = dict(verdict.why)
     if why.get("why") == "failure":
         core.warn(PROG, why["error"])
+    if verdict.action == "pass" and "trust" in why:
+        core.trust(environ, why["trust"])  # postgrey's auto-allowlist: later checks step aside
     if verdict.action == "proxy":
         from qtools import proxy
 

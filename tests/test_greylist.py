@@ -48,7 +48,7 @@ def allowlist(tmp_path, entries):
 class FailingStore:
     """A store whose every change fails, like a full or read-only disk."""
 
-    def check(self, key, now):
+    def check(self, key, now, most=0):
         raise StoreError("unable to create /var/qmail/greylist/grey: read-only file system")
 
 
