@@ -31,6 +31,29 @@ class TestTimers(test_store.TestTimers):
     """The timer tests of the directory store, run against Redis."""
 
 
+class TestPasses(test_store.TestPasses):
+    """The pass count tests of the directory store, run against Redis."""
+
+    def test_fields(self, greystore, redis):
+        """The count is two fields of the key's hash, set by the one script."""
+        s = greystore()
+        s.allow("k", T0)
+        s.check("k", T0 + 1, 3)
+        got = raw(redis, "HMGET", PREFIX + "k", "passes", "counted")
+        when = b"%r" % float(T0 + 1)
+        assert got == b"*2\r\n$1\r\n1\r\n$%d\r\n%s\r\n" % (len(when), when)
+
+    def test_malformed_count(self, greystore, redis):
+        """A count that is not one is the store's failure, not ours."""
+        s = greystore()
+        s.allow("k", T0)
+        raw(redis, "HSET", PREFIX + "k", "passes", "2000000", "counted", "1")
+        with pytest.raises(StoreError, match="malformed reply"):
+            s.check("k", T0 + 1, 3)
+        with pytest.raises(StoreError, match="malformed reply"):
+            s.peek("k", T0 + 1)
+
+
 def raw(redis, *words):
     return redis.command(*(w.encode() if isinstance(w, str) else w for w in words))
 
