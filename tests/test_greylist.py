@@ -223,6 +223,27 @@ class TestDecide:
         assert dict(verdict.why)["learn"] == "defer"
         assert greylist.decide(client(), {}, config(), s, T0 + 300).action == "pass"
 
+    def test_trust_after_passes(self, tmp_path):
+        """-c 2: the second pass counted (an hour after the first) trusts; deferrals never do."""
+        s, c = DirStore(str(tmp_path)), config(trust=2)
+        first = greylist.decide(client(), {}, c, s, T0)
+        assert first.action == "refuse" and "trust" not in dict(first.why)
+        verdict = greylist.decide(client(), {}, c, s, T0 + 300)
+        assert verdict == core.Verdict("pass", why=(("key", "192.0.2.0/24"), ("state", "pass"),
+                                                    ("age", 300), ("passes", 1)))
+        assert dict(greylist.decide(client(), {}, c, s, T0 + 600).why)["passes"] == 1
+        verdict = greylist.decide(client("192.0.2.99"), {}, c, s, T0 + 300 + 3600)
+        assert verdict.why[-2:] == (("passes", 2), ("trust", "greylist:passed"))
+        # Counted without -c, shown without it: nothing is said of passes.
+        assert "passes" not in dict(greylist.decide(client(), {}, config(), s, T0 + 9000).why)
+
+    def test_learn_mode_never_trusts(self, tmp_path):
+        """A deferral let through by -n is not a pass."""
+        s, c = DirStore(str(tmp_path)), config(trust=1, learn=True)
+        verdict = greylist.decide(client(), {}, c, s, T0)
+        assert verdict.action == "pass" and "trust" not in dict(verdict.why)
+        assert dict(greylist.decide(client(), {}, c, s, T0 + 300).why)["trust"] == "greylist:passed"
+
     def test_verdict_rounds_up(self):
         """The time left is rounded up, never to zero."""
         v = greylist.verdict_of(State("wait", T0, left=0.2), [], config(), T0 + 1)
@@ -247,6 +268,7 @@ class TestParse:
         assert (c.timers.delay, c.timers.window, c.timers.lifetime) == (60, 3600, 100)
         assert (c.v4, c.v6, c.allow, c.timeout) == (28, 56, "a.cdb", 5)
         assert greylist.parse(["-i", "/g", "x"])[0].v6 == 128
+        assert (greylist.parse(["/g", "x"])[0].trust, greylist.parse(["-c", "5", "/g", "x"])[0].trust) == (0, 5)
 
     @pytest.mark.parametrize(
         "argv, environ, exempt",
@@ -267,7 +289,7 @@ class TestParse:
     @pytest.mark.parametrize(
         "argv",
         [[], ["/g"], ["-m", "x", "/g", "p"], ["-4", "33", "/g", "p"], ["-m", "600", "-w", "600", "/g", "p"],
-         ["-P", "-q", "/g"], ["-z", "/g", "p"]],
+         ["-P", "-q", "/g"], ["-z", "/g", "p"], ["-c", "x", "/g", "p"], ["-c", "1001", "/g", "p"]],
     )
     def test_usage(self, argv):
         """A command line that does not fit raises Usage."""
@@ -340,6 +362,29 @@ class TestTranscript:
             rb"greylist: 192.0.2.99 pid x: pass key=192.0.2.0/24 state=pass age=1\n", second.err)
         third = run_prog(argv, {"TCPREMOTEIP": "192.0.2.1"})
         assert third.err == b"greylist: 192.0.2.1 pid x: pass key=192.0.2.0/24 state=known\n"
+
+    def test_passes_trust(self, tmp_path):
+        """--- greylist -c 2 sets the trust mark for the next program at a network's second pass."""
+        # The network's first pass, counted two hours ago.
+        now = time.time()
+        seed = DirStore(str(tmp_path))
+        seed.check("192.0.2.0/24", now - 7200)
+        assert seed.check("192.0.2.0/24", now - 6000, 2).passes == 1
+        show = ["sh", "-c", 'echo "trust=$QTOOLS_TRUSTED"']
+        argv = ["greylist", "-c", "2", str(tmp_path)] + show
+        result = run_prog(argv, {"TCPREMOTEIP": "192.0.2.7"}, SESSION)
+        assert (result.rc, result.out) == (0, b"trust=greylist:passed\n")
+        assert result.err == (b"greylist: 192.0.2.7 pid x: pass key=192.0.2.0/24 state=known"
+                              b" passes=2 trust=greylist:passed\n")
+        assert b"passes=2" in run_prog(["greylist", "-q", str(tmp_path), "192.0.2.7"]).out
+        # Another network's first pass is not enough; its deferral never trusts.
+        argv = ["greylist", "-m", "0", "-c", "2", str(tmp_path)] + show
+        result = run_prog(argv, {"TCPREMOTEIP": "198.51.100.7"}, SESSION)
+        assert result.out.startswith(b"220 ") and b"trust=" not in result.err
+        result = run_prog(argv, {"TCPREMOTEIP": "198.51.100.7"}, SESSION)
+        assert result.out == b"trust=\n"
+        assert re.fullmatch(rb"greylist: 198\.51\.100\.7 pid x: pass key=198\.51\.100\.0/24"
+                            rb" state=pass age=\d+ passes=1\n", result.err)
 
     def test_null_sender_deferred_at_data(self, tmp_path):
         """--- a bounce (MAIL FROM:<>) hears the deferral at DATA, not at RCPT."""
@@ -571,6 +616,43 @@ class TestEndToEnd:
         assert "greylist: 127.0.1.2 pid " in log and "state=pass" in log
         assert "state=known" in log and "Traceback" not in log
 
+    def test_trusted_after_passes_not_tarpitted(self, tmp_path, tcpserver):
+        """greylist -c 2: a network at its second pass is trusted and tarpit lets it be; one at its first is tarpitted."""
+        import smtplib
+
+        store, mail = tmp_path / "state", tmp_path / "mail"
+        store.mkdir()
+        mail.mkdir()
+        now = time.time()
+        seed = DirStore(str(store))
+        seed.check("127.0.1.0/24", now - 7500)
+        assert seed.check("127.0.1.0/24", now - 7200, 2).passes == 1  # counted two hours ago
+        seed.check("127.0.2.0/24", now - 900)
+        assert seed.check("127.0.2.0/24", now - 600, 2).passes == 1  # ten minutes ago: no second yet
+        server = tcpserver(["greylist", "-c", "2", str(store), "tarpit"] + sink_cmd(mail),
+                           env={"TARPITCOUNT": "1", "TARPITDELAY": "2"})
+        took = {}
+        for source in ("127.0.1.2", "127.0.2.2"):
+            s = smtp_from(server.host, server.port, source)
+            s.ehlo("client.example")
+            s.mail("a@example.org")
+            start = time.monotonic()
+            assert s.rcpt("b@example.net")[0] == 250
+            took[source] = time.monotonic() - start
+            s.data(b"Subject: hello\r\n\r\nfrom %s\r\n" % source.encode())
+            try:
+                s.quit()
+            except smtplib.SMTPServerDisconnected:
+                pass
+        assert took["127.0.1.2"] < 1.5 and took["127.0.2.2"] >= 1.95, took
+        assert len(read_maildir(mail)) == 2
+        log = server.log()
+        assert ("greylist: 127.0.1.2 pid" in log
+                and "key=127.0.1.0/24 state=known passes=2 trust=greylist:passed" in log)
+        assert "key=127.0.2.0/24 state=known passes=1\n" in log
+        assert "tarpit: 127.0.2.2 pid" in log and "tarpit: 127.0.1.2 pid" not in log
+        assert "Traceback" not in log and "warning" not in log
+
     def test_bounce_deferred_at_data(self, tmp_path, tcpserver):
         """A bounce passes RCPT and is deferred at DATA."""
         store, mail = tmp_path / "state", tmp_path / "mail"
@@ -742,6 +824,20 @@ class TestTriplets:
         verdict = greylist.decide(client(), environ, config(triplet=True), DirStore(str(tmp_path)), T0)
         assert verdict == core.Verdict("skip", why=(("why", "trusted"), ("trust", "rblcheck:dnswl.test")))
         assert os.listdir(str(tmp_path)) == []
+
+    def test_triplet_passes_count_for_the_network(self, tmp_path):
+        """-T -c 2: the proven triplet counts one pass of the network, a connection an hour later the second."""
+        f, clock = self.make(tmp_path, trust=2)
+        session = Session(b"a@example.org")
+        f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>"))
+        clock.now += 300
+        assert f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>")) is None
+        c = config(triplet=True, trust=2)
+        verdict = greylist.decide(client("192.0.2.9"), {}, c, f.store, clock.now + 5)
+        assert verdict == core.Verdict("pass", why=(("key", "192.0.2.0/24"), ("state", "known"),
+                                                    ("passes", 1)))
+        verdict = greylist.decide(client("192.0.2.9"), {}, c, f.store, clock.now + 3600)
+        assert verdict.why[-2:] == (("passes", 2), ("trust", "greylist:passed"))
 
     def test_unproven_network_goes_to_proxy(self, tmp_path):
         """A network that has not passed is handed to the filter, and nothing is written."""

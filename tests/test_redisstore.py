@@ -366,6 +366,20 @@ class TestTranscript:
         assert re.fullmatch(rb"192\.0\.2\.0/24 wait first=\S+Z left=\d+\n", shown.out)
         assert run_prog(["greylist", "-q", str(tmp_path)], env).out == b""
 
+    def test_passes_trust(self, redis):
+        """--- greylist -c 2 on Redis: a network counted an hour before is trusted at its next pass."""
+        now = time.time()
+        seed = RedisStore(redis.url)
+        seed.check("192.0.2.0/24", now - 4000)
+        assert seed.check("192.0.2.0/24", now - 3700, 2).passes == 1
+        show = ["sh", "-c", 'echo "trust=$QTOOLS_TRUSTED"']
+        result = run_prog(["greylist", "-c", "2", redis.url] + show, {"TCPREMOTEIP": "192.0.2.7"},
+                          SESSION)
+        assert (result.rc, result.out) == (0, b"trust=greylist:passed\n")
+        assert result.err.endswith(b" state=known passes=2 trust=greylist:passed\n")
+        shown = run_prog(["greylist", "-q", redis.url, "192.0.2.7"]).out
+        assert re.fullmatch(rb"192\.0\.2\.0/24 known last=\S+Z passes=2\n", shown), shown
+
     def test_password_from_environment(self, redis):
         """--- a URL with the password in $QTOOLS_GREYLIST_STORE replaces one without it in argv."""
         assert raw(redis, "CONFIG", "SET", "requirepass", "pw") == b"+OK\r\n"
