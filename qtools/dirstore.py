@@ -6,7 +6,8 @@ The timers and the Store interface it implements are store.py's.
 
 import os
 
-from qtools.store import COUNT_EVERY, State, Store, StoreError, waiting
+from qtools.dircount import PassCount
+from qtools.store import State, Store, StoreError, waiting
 
 
 # Bytes kept as they are in file names; every other byte is written %XX.
@@ -48,16 +49,13 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEPTH = 3  # END/XX/NAME: purge goes no deeper than that below a generation
 
 
-class DirStore(Store):
+class DirStore(PassCount, Store):
     """Greylist state in a directory, safe for many concurrent connections.
 
     Layout:
         DIR/grey/END/XX/NAME   unproven keys; mtime = first seen
         DIR/pass/END/XX/NAME   passed keys; mtime = last accepted connection
-        DIR/count/END/XX/NAME/N  the passes counted (check and passed with
-                               most): one empty file per pass, 1, 2, ...;
-                               mtime of the highest = when it was counted,
-                               or the last pass once most are counted
+        DIR/count/END/XX/NAME/N  the passes counted (dircount.py)
     Each END directory is a generation: the keys written during one window
     (grey) or one lifetime (pass), so nothing in it is alive at time END or
     later.  A lookup looks only at the current and the previous generation;
@@ -313,102 +311,6 @@ class DirStore(Store):
             if first is not None and now < first + self.timers.window:
                 return first
         return None
-
-    # --- the pass count -------------------------------------------------------
-
-    def _count_dir(self, name, now, move):
-        """Return (open directory of name's count or None, its generation's parts).
-
-        With move, a count found in the previous generation is renamed into
-        the current one first, as a pass entry is.
-        """
-        current = self._place("count", now, 0, name)
-        fd = self._open(current + (name,))
-        if fd is not None:
-            return fd, current
-        previous = self._place("count", now, 1, name)
-        if not move:
-            return self._open(previous + (name,)), previous
-        source = self._open(previous)
-        if source is None:
-            return None, current
-        try:
-            target = self._open(current, create=True)
-            try:
-                os.rename(name, name, src_dir_fd=source, dst_dir_fd=target)
-            except (FileNotFoundError, FileExistsError):
-                pass  # none to move, or moved by a concurrent connection
-            except OSError as error:
-                import errno
-
-                if error.errno != errno.ENOTEMPTY:  # a concurrent count is already there
-                    raise self._fail("update", self._path("count", now, 0, name), error)
-            finally:
-                os.close(target)
-        finally:
-            os.close(source)
-        return self._open(current + (name,)), current
-
-    def _read_count(self, fd, parts, name, now):
-        """Return (passes counted, mtime of the highest) of the open count fd, and close it.
-
-        A count whose highest entry is a lifetime old outlived its pass: none.
-        """
-        if fd is None:
-            return 0, None
-        try:
-            numbers = [int(n) for n in self._list(fd, parts + (name,))
-                       if n.isdigit() and n.isascii() and len(n) < 10]
-            if not numbers:
-                return 0, None
-            count = max(numbers)
-            try:
-                last = os.stat(str(count), dir_fd=fd, follow_symlinks=False).st_mtime
-            except FileNotFoundError:  # dropped by a concurrent deny
-                return 0, None
-            except OSError as error:
-                raise self._fail("stat", os.path.join(self.root, *parts, name, str(count)), error)
-        finally:
-            os.close(fd)
-        return (0, None) if now >= last + self.timers.lifetime else (count, last)
-
-    def _count(self, name, now, most, key):
-        """Count a pass of name (one every COUNT_EVERY seconds, up to most); return the count."""
-        fd, parts = self._count_dir(name, now, move=True)
-        count, last = self._read_count(fd, parts, name, now)
-        if count >= most:
-            # Counted in full: the highest entry's time follows the passes,
-            # so that the count lives as long as the pass.
-            fd = self._open(parts + (name,))
-            if fd is not None:
-                try:
-                    os.utime(str(count), (now, now), dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    pass
-                except OSError as error:
-                    raise self._fail("update", self._path("count", now, 0, name), error)
-                finally:
-                    os.close(fd)
-            return count
-        if count and now < last + COUNT_EVERY:
-            return count
-        if count == 0:
-            self._drop_count(name, now)  # what an earlier life of the key left
-        # link() of a complete entry: a concurrent connection that counted
-        # the same pass makes this one fail, and the pass counts once.
-        self._create(parts + (name,), str(count + 1), now, key)
-        return count + 1
-
-    def _drop_count(self, name, now):
-        """Remove name's count, in both generations."""
-        for age in (0, 1):
-            parts = self._place("count", now, age, name)
-            parent = self._open(parts)
-            if parent is not None:
-                try:
-                    self._remove_tree(parent, name, parts + (name,), 0)
-                finally:
-                    os.close(parent)
 
     def passed(self, key, now, most=0):
         """Refresh key and return its State if it passed and is alive; else change nothing, None."""
