@@ -343,8 +343,9 @@ def exemptions(given, environ):
     """
     if EXEMPT_VARIABLE in environ:
         given = environ[EXEMPT_VARIABLE].split()
-    return [entry for entry in given if entry] if given or EXEMPT_VARIABLE in environ else (
-        EXEMPT.split())
+    elif not given:
+        return EXEMPT.split()
+    return [entry for entry in given if entry]
 
 
 # --- Replies and the decision log -------------------------------------------

@@ -106,6 +106,21 @@ class TestOverride:
         verdict = core.step_aside(client, environ, "X")
         assert (verdict and (verdict.action, dict(verdict.why)["why"])) == expected
 
+    @pytest.mark.parametrize(
+        ("given", "environ", "expected"),
+        [
+            (None, {}, ["postmaster@", "abuse@"]),
+            ([], {}, ["postmaster@", "abuse@"]),
+            (["hostmaster@", "@example.net"], {}, ["hostmaster@", "@example.net"]),
+            ([""], {}, []),
+            (["hostmaster@"], {"MFCHECK_EXEMPT": " a@b.example  @c.example "}, ["a@b.example", "@c.example"]),
+            (None, {"MFCHECK_EXEMPT": ""}, []),
+        ],
+    )
+    def test_exemptions(self, given, environ, expected):
+        """$MFCHECK_EXEMPT over the -e options over postmaster@ and abuse@ (RFC 5321 section 4.5.1)."""
+        assert core.exemptions(given, environ) == expected
+
 
 class TestAddresses:
     """Tests for the address helpers."""
