@@ -433,7 +433,7 @@ def step_aside(client, environ, name):
 
 
 def exempt_client(client, environ):
-    """Return the skip Verdict of a client with RELAYCLIENT, WHITELISTED or the trust mark, else None."""
+    """Return the skip Verdict of a client with RELAYCLIENT, WHITELISTED or the trust mark."""
     if client.relay:
         return Verdict("skip", why=(("why", "relayclient"),))
     if "WHITELISTED" in environ:

@@ -8,8 +8,8 @@ from qtools import core
 PROG = "greylist"
 USAGE = (
     "greylist [ -nsfiT ] [ -m delay ] [ -w window ] [ -l lifetime ] [ -4 bits ] [ -6 bits ]"
-    " [ -a allow.cdb ] [ -e address ] [ -c passes ] [ -t timeout ] dir prog... | -P dir | -q dir [ ip... ] | -A dir ip..."
-    " | -D dir ip..."
+    " [ -a allow.cdb ] [ -e address ] [ -c passes ] [ -t timeout ] dir prog..."
+    " | -P dir | -q dir [ ip... ] | -A dir ip... | -D dir ip..."
 )
 OVERRIDE = "QTOOLS_GREYLIST"
 STORE = "QTOOLS_GREYLIST_STORE"  # replaces dir for a connection: tcp.smtp picks the store
@@ -197,9 +197,8 @@ class Triplets:
 
     def judge(self, session, sender, rcpts):
         """Check each triplet; return the deferral reply if one must wait."""
-        from qtools.store import StoreError
-
         from qtools.mailcheck import exempt  # mfcheck's reading of the list, shared
+        from qtools.store import StoreError
 
         now = self.clock()
         refusal, longest = None, -1

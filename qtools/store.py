@@ -101,9 +101,10 @@ class Store:
         raise NotImplementedError
 
     def passed(self, key, now, most=0):
-        """Refresh key and return its State ("known") if it passed and is alive; else change nothing.
+        """Refresh key and return its State ("known") if it passed and is alive.
 
-        With most, the pass is counted too.
+        Otherwise change nothing and return None.  With most, the pass is
+        counted too.
         """
         raise NotImplementedError
 
