@@ -329,6 +329,25 @@ def trusted(environ):
     return "WHITELISTED" in environ or bool(environ.get(TRUST_VARIABLE))
 
 
+EXEMPT = "postmaster@ abuse@"  # RFC 5321 section 4.5.1: never deferred or refused
+EXEMPT_VARIABLE = "MFCHECK_EXEMPT"
+
+
+def exemptions(given, environ):
+    """Return the recipient exemption list: $MFCHECK_EXEMPT when set, else given, else EXEMPT.
+
+    given is the list of -e options (None or empty: none given); an entry is
+    local@ (that local part at any domain), user@domain or @domain, and an
+    empty one (-e "") leaves the list empty.  mfcheck and greylist -T read
+    the same list, so one tcp.smtp variable spares a recipient from both.
+    """
+    if EXEMPT_VARIABLE in environ:
+        given = environ[EXEMPT_VARIABLE].split()
+    elif not given:
+        return EXEMPT.split()
+    return [entry for entry in given if entry]
+
+
 # --- Replies and the decision log -------------------------------------------
 
 
@@ -401,17 +420,27 @@ class Verdict:
 def step_aside(client, environ, name):
     """Return the Verdict for a client every check leaves alone or $name refuses, else None.
 
-    RELAYCLIENT and WHITELISTED (cqgreylist's) skip; $name is read on the
-    $RBLSMTPD pattern.
+    RELAYCLIENT, WHITELISTED (cqgreylist's) and the trust mark skip; $name
+    is read on the $RBLSMTPD pattern.
     """
-    if client.relay:
-        return Verdict("skip", why=(("why", "relayclient"),))
-    if "WHITELISTED" in environ:
-        return Verdict("skip", why=(("why", "whitelisted"),))
+    verdict = exempt_client(client, environ)
+    if verdict is not None:
+        return verdict
     wish = override(environ, name)
     if wish.action == "refuse":
         return from_override(wish)
     return Verdict("skip", why=(("why", "override"),)) if wish.action == "skip" else None
+
+
+def exempt_client(client, environ):
+    """Return the skip Verdict of a client with RELAYCLIENT, WHITELISTED or the trust mark."""
+    if client.relay:
+        return Verdict("skip", why=(("why", "relayclient"),))
+    if "WHITELISTED" in environ:
+        return Verdict("skip", why=(("why", "whitelisted"),))
+    if environ.get(TRUST_VARIABLE):
+        return Verdict("skip", why=(("why", "trusted"), ("trust", environ[TRUST_VARIABLE])))
+    return None
 
 
 def from_override(ov, default_code=451):

@@ -6,6 +6,7 @@ The timers and the Store interface it implements are store.py's.
 
 import os
 
+from qtools.dircount import PassCount
 from qtools.store import State, Store, StoreError, waiting
 
 
@@ -48,12 +49,13 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DEPTH = 3  # END/XX/NAME: purge goes no deeper than that below a generation
 
 
-class DirStore(Store):
+class DirStore(PassCount, Store):
     """Greylist state in a directory, safe for many concurrent connections.
 
     Layout:
         DIR/grey/END/XX/NAME   unproven keys; mtime = first seen
         DIR/pass/END/XX/NAME   passed keys; mtime = last accepted connection
+        DIR/count/END/XX/NAME/N  the passes counted (dircount.py)
     Each END directory is a generation: the keys written during one window
     (grey) or one lifetime (pass), so nothing in it is alive at time END or
     later.  A lookup looks only at the current and the previous generation;
@@ -310,16 +312,21 @@ class DirStore(Store):
                 return first
         return None
 
-    def passed(self, key, now):
-        """Refresh key and return True if it passed and is alive; else change nothing."""
-        return self._passed(file_name(key), now, refresh=True) is not None
+    def passed(self, key, now, most=0):
+        """Refresh key and return its State if it passed and is alive; else change nothing, None."""
+        name = file_name(key)
+        last = self._passed(name, now, refresh=True)
+        if last is None:
+            return None
+        return State("known", last=last, passes=self._count(name, now, most, key) if most else 0)
 
-    def check(self, key, now):
+    def check(self, key, now, most=0):
         """Apply the timers to key at time now, atomically; return its State."""
         name = file_name(key)
         last = self._passed(name, now, refresh=True)
         if last is not None:
-            return State("known", last=last)
+            return State("known", last=last,
+                         passes=self._count(name, now, most, key) if most else 0)
         first = self._first(name, now)
         if first is None:
             grey = self._place("grey", now, 0, name)
@@ -337,6 +344,8 @@ class DirStore(Store):
             # A complete entry renamed into place: a crash never leaves a
             # pass entry without the key a hashed name keeps inside.
             self._replace(self._place("pass", now, 0, name), name, now, key)
+            if most:
+                state.passes = self._count(name, now, most, key)
         return state
 
     # --- the command line and cron -------------------------------------------
@@ -347,7 +356,8 @@ class DirStore(Store):
         name = file_name(key)
         last = self._passed(name, now, refresh=False)
         if last is not None:
-            return State("known", last=last)
+            fd, parts = self._count_dir(name, now, move=False)
+            return State("known", last=last, passes=self._read_count(fd, parts, name, now)[0])
         first = self._first(name, now)
         if first is None:
             return State("new", now, left=self.timers.delay)
@@ -363,6 +373,7 @@ class DirStore(Store):
         name = file_name(key)
         for age in (0, 1):
             self._unlink(self._place("pass", now, age, name), name)
+        self._drop_count(name, now)
         self._replace(self._place("grey", now, 0, name), name, now, key)
 
     def forget(self, key, now):
@@ -371,6 +382,7 @@ class DirStore(Store):
         for tree in ("pass", "grey"):
             for age in (0, 1):
                 self._unlink(self._place(tree, now, age, name), name)
+        self._drop_count(name, now)
 
     def _list(self, fd, parts):
         try:
@@ -438,7 +450,7 @@ class DirStore(Store):
         """Remove every dead generation; return the number of entries removed."""
         self._root()  # a mistyped name in a crontab is an error
         removed = 0
-        for tree in ("grey", "pass"):
+        for tree in ("grey", "pass", "count"):
             top = self._open((tree,))
             if top is None:
                 continue

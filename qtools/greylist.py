@@ -8,11 +8,12 @@ from qtools import core
 PROG = "greylist"
 USAGE = (
     "greylist [ -nsfiT ] [ -m delay ] [ -w window ] [ -l lifetime ] [ -4 bits ] [ -6 bits ]"
-    " [ -a allow.cdb ] [ -t timeout ] dir prog... | -P dir | -q dir [ ip... ] | -A dir ip..."
-    " | -D dir ip..."
+    " [ -a allow.cdb ] [ -e address ] [ -c passes ] [ -t timeout ] dir prog..."
+    " | -P dir | -q dir [ ip... ] | -A dir ip... | -D dir ip..."
 )
 OVERRIDE = "QTOOLS_GREYLIST"
 STORE = "QTOOLS_GREYLIST_STORE"  # replaces dir for a connection: tcp.smtp picks the store
+TRUST = PROG + ":passed"  # the trust mark of a network that passed -c times
 
 # SMTP replies.
 DEFER = "greylisted, try again in %d seconds (#4.7.1)"
@@ -28,6 +29,8 @@ class Config:
         self.learn = self.selective = self.fail_closed = self.triplet = False
         self.allow = None
         self.timeout = 60
+        self.exempt = core.EXEMPT.split()  # recipients -T never defers
+        self.trust = 0  # passes after which a network is trusted (-c); 0: never
 
     @property
     def timers(self):
@@ -57,11 +60,19 @@ def verdict_of(state, fields, config, now):
     if state.first is not None and state.status != "new":
         fields.append(("age", int(now - state.first)))
     if not state.defer:
-        return core.Verdict("pass", why=fields)
+        return core.Verdict("pass", why=fields + trusting(state, config))
     left = max(1, int(-(-state.left // 1)))
     if config.learn:
         return core.Verdict("pass", why=fields + [("learn", "defer"), ("left", left)])
     return core.Verdict("refuse", 451, DEFER % left, fields)
+
+
+def trusting(state, config):
+    """Return the log fields of a passing State under -c: its passes, and the trust it earned."""
+    if not config.trust:
+        return []
+    fields = [("passes", state.passes)]
+    return fields + [("trust", TRUST)] if state.passes >= config.trust else fields
 
 
 def failed(error, config):
@@ -84,10 +95,9 @@ def decide(client, environ, config, store, now, allowlist=None):
 
 def exemption(client, environ, config, allowlist=None):
     """Return the Verdict of a client the store is not asked about, else None."""
-    if client.relay:
-        return core.Verdict("skip", why=(("why", "relayclient"),))
-    if "WHITELISTED" in environ:
-        return core.Verdict("skip", why=(("why", "whitelisted"),))
+    verdict = core.exempt_client(client, environ)  # RELAYCLIENT, WHITELISTED, the trust mark
+    if verdict is not None:
+        return verdict
     wish = core.override(environ, OVERRIDE)
     if wish.action == "skip":
         return core.Verdict("skip", why=(("why", "override"),))
@@ -114,11 +124,13 @@ def judge(client, environ, config, store, now):
     key = key_of(client.packed, config)
     try:
         if not config.triplet:
-            state = store.check(key, now)
-        elif store.passed(key, now):
-            return core.Verdict("pass", why=(("key", key), ("state", "known")))
+            state = store.check(key, now, config.trust)
         else:
-            return core.Verdict("proxy", why=(("key", key),))
+            state = store.passed(key, now, config.trust)
+            if state is None:
+                return core.Verdict("proxy", why=(("key", key),))
+            why = [("key", key), ("state", "known")] + trusting(state, config)
+            return core.Verdict("pass", why=why)
     except StoreError as error:
         return failed(error, config)
     tags = core.marks(environ)
@@ -185,11 +197,17 @@ class Triplets:
 
     def judge(self, session, sender, rcpts):
         """Check each triplet; return the deferral reply if one must wait."""
+        from qtools.mailcheck import exempt  # mfcheck's reading of the list, shared
         from qtools.store import StoreError
 
         now = self.clock()
         refusal, longest = None, -1
         for rcpt in rcpts:
+            shown = rcpt.decode("latin-1")
+            entry = exempt(shown, self.config.exempt)
+            if entry is not None:  # postmaster@ (RFC 5321 section 4.5.1) is never deferred
+                session.log("pass", (("rcpt", shown), ("why", "exempt"), ("entry", entry)))
+                continue
             key = triplet_key(self.network, sender, rcpt)
             try:
                 state = self.store.check(key, now)
@@ -198,6 +216,8 @@ class Triplets:
                     # One proven triplet shows the network retries like an
                     # MTA: its other senders (pools, VERP) pass from now on.
                     self.store.allow(self.network, now)
+                    if self.config.trust:  # and it counts as a pass of the network
+                        self.store.passed(self.network, now, self.config.trust)
             except StoreError as error:
                 core.warn(PROG, str(error))
                 state, verdict = None, failed(error, self.config)
@@ -209,13 +229,14 @@ class Triplets:
         return None if refusal is None else (refusal.reply + "\r\n").encode("ascii", "replace")
 
 
-def parse(argv):
+def parse(argv, environ=None):
     """Return (config, command letter or None, rest of argv)."""
-    options, rest = core.getopt(argv, "nsfiTm:w:l:4:6:a:t:PqAD")
-    config, command = Config(), None
+    options, rest = core.getopt(argv, "nsfiTm:w:l:4:6:a:e:c:t:PqAD")
+    config, command, exempts = Config(), None, []
     flags = {"n": "learn", "s": "selective", "f": "fail_closed", "T": "triplet"}
     numbers = {"m": ("delay", 0, None), "w": ("window", 1, None), "l": ("lifetime", 1, None),
-               "4": ("v4", 0, 32), "6": ("v6", 0, 128), "t": ("timeout", 0, None)}
+               "4": ("v4", 0, 32), "6": ("v6", 0, 128), "t": ("timeout", 0, None),
+               "c": ("trust", 0, 1000)}
     for letter, value in options:
         if letter in "PqAD":
             if command not in (None, letter):
@@ -228,8 +249,11 @@ def parse(argv):
             setattr(config, name, core.number(PROG, letter, value, low, high))
         elif letter == "i":
             config.v4, config.v6 = 32, 128
+        elif letter == "e":
+            exempts.append(value)
         else:
             config.allow = value
+    config.exempt = core.exemptions(exempts, environ or {})
     if config.delay >= config.window:
         raise core.Usage("the delay (-m) must be shorter than the window (-w)")
     if not rest or (command is None and len(rest) < 2):
@@ -263,7 +287,7 @@ def open_or_die(where, config):
 @core.main_of(PROG, USAGE)
 def main(argv, environ):
     """Greylist the connection, or run a command on the store."""
-    config, command, rest = parse(argv)
+    config, command, rest = parse(argv, environ)
     if command is not None:
         from qtools.store import StoreError, admin
 
@@ -289,6 +313,8 @@ def main(argv, environ):
     why = dict(verdict.why)
     if why.get("why") == "failure":
         core.warn(PROG, why["error"])
+    if verdict.action == "pass" and "trust" in why:
+        core.trust(environ, why["trust"])  # postgrey's auto-allowlist: later checks step aside
     if verdict.action == "proxy":
         from qtools import proxy
 

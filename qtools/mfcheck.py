@@ -31,7 +31,7 @@ TOO_MANY = "452 too many recipients (#4.5.3)"
 PROTOCOL = "421 SMTP protocol violation, closing connection (#4.5.0)"
 
 TESTS = ("helo", "dns", "pattern", "rhsbl", "spf")
-EXEMPT = "postmaster@ abuse@"
+EXEMPT = core.EXEMPT
 DNS_TIMEOUT = 10.0
 # SPFBEHAVIOR level from which each result refuses (the qmail-spf patch's levels).
 SPF_LEVELS = {"temperror": 2, "fail": 3, "softfail": 4, "neutral": 5, "none": 6, "permerror": 6}
@@ -200,8 +200,6 @@ def parse(argv, environ):
             values[letter] = environ[name]
     if "MFCHECK_RHSBL" in environ:
         lists = environ["MFCHECK_RHSBL"].split()
-    if "MFCHECK_EXEMPT" in environ:
-        exempts = environ["MFCHECK_EXEMPT"].split()
     # Each value names the option or variable it came from when it is wrong.
     where = {letter: "$" + name if name in environ else "-" + letter for letter, name in VARIABLES}
     config.mark = names(values.get("k", ""), TESTS, where["k"])
@@ -231,8 +229,7 @@ def parse(argv, environ):
     if "S" in values:
         config.servers = resolver.option_servers("S", values["S"])
     config.dns = "N" not in values and core.flag(environ, "MFCHECK_DNS", True)
-    if exempts is not None:
-        config.exempt = [e for e in exempts if e]
+    config.exempt = core.exemptions(exempts, environ)
     config.files = values.get("h"), values.get("b")
     return config, rest
 

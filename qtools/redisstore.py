@@ -3,6 +3,8 @@
 
 One Redis hash per key, named PREFIX + key, with the field "first" (first
 seen, while unproven) and "last" (last accepted connection, once passed),
+"passes" and "counted" (the passes counted and when the last one was, see
+store.py),
 times in seconds since the epoch by the clock of the MX that writes them,
 so every MX applies the timers of store.py to the same numbers.  check is one server-side
 script: it reads, decides and writes in one atomic step, so two MX hosts
@@ -16,7 +18,7 @@ command: clients that need no state never reach Redis.
 """
 
 from qtools import resp
-from qtools.store import State, Store, StoreError, waiting
+from qtools.store import COUNT_EVERY, State, Store, StoreError, waiting
 
 PREFIX = "qtools:greylist:"
 # Seconds to wait for the connection and for the reply: a decision is one
@@ -25,36 +27,57 @@ PREFIX = "qtools:greylist:"
 TIMEOUT = 1.0
 
 # KEYS[1] the key; ARGV: now, delay, window, lifetime, window ms, lifetime
-# ms, "check" or "passed".  Returns {status, first, last} as text.
+# ms, "check" or "passed", most passes to count (0: none), seconds between
+# two counted.  Returns {status, first, last, passes} as text.
 SCRIPT = """
 local now = tonumber(ARGV[1])
-local h = redis.call('HMGET', KEYS[1], 'first', 'last')
+local most = tonumber(ARGV[8])
+local h = redis.call('HMGET', KEYS[1], 'first', 'last', 'passes', 'counted')
 local first, last = h[1], h[2]
+local function count()
+  if most <= 0 then return '0' end
+  local passes = tonumber(h[3] or '0')
+  if passes < most and (passes == 0 or now >= tonumber(h[4]) + tonumber(ARGV[9])) then
+    passes = passes + 1
+    redis.call('HSET', KEYS[1], 'passes', passes)
+    redis.call('HSET', KEYS[1], 'counted', ARGV[1])
+  end
+  return tostring(passes)
+end
 if last and now < tonumber(last) + tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 'last', ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  return {'known', '', ARGV[1]}
+  return {'known', '', ARGV[1], count()}
 end
 if ARGV[7] == 'passed' then
-  return {'none', '', ''}
+  return {'none', '', '', '0'}
 end
 if not first or now >= tonumber(first) + tonumber(ARGV[3]) then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'first', ARGV[1])
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  return {'new', ARGV[1], ''}
+  return {'new', ARGV[1], '', '0'}
 end
 if tonumber(ARGV[2]) > 0 and tonumber(first) + tonumber(ARGV[2]) > now then
-  return {'wait', first, ''}
+  return {'wait', first, '', '0'}
 end
 redis.call('HSET', KEYS[1], 'last', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return {'pass', first, ARGV[1]}
+h[3] = false  -- passing anew: what an earlier life of the key counted is gone
+return {'pass', first, ARGV[1], count()}
 """
 
 
 def _text(number):
     return repr(float(number))
+
+
+def _count(text):
+    """Return a pass count stored as text, or raise ValueError."""
+    value = int(text.decode("ascii") if isinstance(text, bytes) else text)
+    if not 0 <= value < 1000000:
+        raise ValueError(text)
+    return value
 
 
 def _number(text):
@@ -111,14 +134,15 @@ class RedisStore(Store):
     def _key(self, key):
         return (PREFIX + key).encode("utf-8", "surrogateescape")
 
-    def _script(self, key, now, mode):
+    def _script(self, key, now, mode, most=0):
         t = self.timers
         # EVAL, not EVALSHA with a fallback on NOSCRIPT: Redis keeps the
         # compiled script by its digest either way, and its 900 bytes cost
         # nothing next to the round trip.
         return self._call(
             self.client.command, "EVAL", SCRIPT, 1, self._key(key), _text(now), _text(t.delay),
-            _text(t.window), _text(t.lifetime), int(t.window * 1000), int(t.lifetime * 1000), mode)
+            _text(t.window), _text(t.lifetime), int(t.window * 1000), int(t.lifetime * 1000), mode,
+            int(most), COUNT_EVERY)
 
     def _malformed(self, command, reply):
         """Return the StoreError for a reply or a stored value that makes no sense."""
@@ -134,43 +158,50 @@ class RedisStore(Store):
             return reply
         raise self._malformed(command, reply)
 
-    def check(self, key, now):
+    def check(self, key, now, most=0):
         """Apply the timers to key at time now in one atomic step; return its State."""
-        reply = self._fields("EVAL", self._script(key, now, "check"), 3)
-        status, first, last = reply
+        reply = self._fields("EVAL", self._script(key, now, "check", most), 4)
+        status, first, last, passes = reply
         try:
             if status == b"known":
-                return State("known", last=_number(last))
+                return State("known", last=_number(last), passes=_count(passes))
             if status == b"new":
                 return State("new", now, left=self.timers.delay)
             if status in (b"wait", b"pass"):
-                return waiting(_number(first), now, self.timers)
+                state = waiting(_number(first), now, self.timers)
+                state.passes = _count(passes)
+                return state
         except (TypeError, ValueError):
             pass
         raise self._malformed("EVAL", reply)
 
-    def passed(self, key, now):
-        """Refresh key and return True if it passed and is alive; else change nothing."""
-        status = self._fields("EVAL", self._script(key, now, "passed"), 3)[0]
-        if status not in (b"known", b"none"):
-            raise self._malformed("EVAL", status)
-        return status == b"known"
+    def passed(self, key, now, most=0):
+        """Refresh key and return its State if it passed and is alive; else change nothing, None."""
+        reply = self._fields("EVAL", self._script(key, now, "passed", most), 4)
+        try:
+            if reply[0] == b"known":
+                return State("known", last=_number(reply[2]), passes=_count(reply[3]))
+            if reply[0] == b"none":
+                return None
+        except (TypeError, ValueError):
+            pass
+        raise self._malformed("EVAL", reply)
 
-    def _state(self, first, last, now):
+    def _state(self, first, last, now, passes=None):
         try:
             if last is not None and now < _number(last) + self.timers.lifetime:
-                return State("known", last=_number(last))
+                return State("known", last=_number(last), passes=_count(passes or b"0"))
             if first is None or now >= _number(first) + self.timers.window:
                 return State("new", now, left=self.timers.delay)
             return waiting(_number(first), now, self.timers)
         except (TypeError, ValueError):
-            raise self._malformed("HMGET", [first, last])
+            raise self._malformed("HMGET", [first, last, passes])
 
     def peek(self, key, now):
         """Return the State check would return, changing nothing."""
-        reply = self._call(self.client.command, "HMGET", self._key(key), "first", "last")
-        first, last = self._fields("HMGET", reply, 2)
-        return self._state(first, last, now)
+        reply = self._call(self.client.command, "HMGET", self._key(key), "first", "last", "passes")
+        first, last, passes = self._fields("HMGET", reply, 3)
+        return self._state(first, last, now, passes)
 
     def _transaction(self, key, *steps):
         self._call(self.client.pipeline,
@@ -207,11 +238,11 @@ class RedisStore(Store):
         for start in range(0, len(names), 1000):
             batch = names[start:start + 1000]
             replies = self._call(self.client.pipeline,
-                                 [("HMGET", name, "first", "last") for name in batch])
+                                 [("HMGET", name, "first", "last", "passes") for name in batch])
             for name, reply in zip(batch, replies):
-                first, last = self._fields("HMGET", reply, 2)
+                first, last, passes = self._fields("HMGET", reply, 3)
                 key = name[len(PREFIX):].decode("utf-8", "surrogateescape")
-                state = self._state(first, last, now)
+                state = self._state(first, last, now, passes)
                 if state.status == "known":
                     yield key, state
                 elif state.status != "new":

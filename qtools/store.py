@@ -22,8 +22,19 @@ purge; keys are text.  State.status is one of:
     pass   retried after the delay: passes from now on
     known  passed before, its lifetime refreshed now
 
+The pass count (postgrey's auto-allowlist): check and passed given most > 0
+also count the pass of a key that passes, at most one every COUNT_EVERY
+seconds and no more than most, and say in State.passes how many are
+counted; greylist -c trusts a network with most passes.  The count lives
+and dies with the key's pass: a key greylisted anew (expired, deny,
+forget) starts from none.  Without most nothing is counted or read, and
+State.passes is 0; peek always reads it.
+
 The stores: the directory store (dirstore.py) and Redis (redisstore.py).
 """
+
+
+COUNT_EVERY = 3600  # one pass an hour at most counts, as postgrey counts its clients
 
 
 class Timers:
@@ -38,28 +49,29 @@ class Timers:
 
 
 class State:
-    """What a store knows about a key: status, first seen, last pass, wait left."""
+    """What a store knows about a key: status, first seen, last pass, wait left, passes counted."""
 
-    __slots__ = ("status", "first", "last", "left")
+    __slots__ = ("status", "first", "last", "left", "passes")
 
-    def __init__(self, status, first=None, last=None, left=0):
+    def __init__(self, status, first=None, last=None, left=0, passes=0):
         self.status = status
         self.first = first
         self.last = last
         self.left = left
+        self.passes = passes
 
     @property
     def defer(self):
         return self.status in ("new", "wait")
 
     def __repr__(self):
-        return "State(%r, first=%r, last=%r, left=%r)" % (
-            self.status, self.first, self.last, self.left)
+        return "State(%r, first=%r, last=%r, left=%r, passes=%r)" % (
+            self.status, self.first, self.last, self.left, self.passes)
 
     def __eq__(self, other):
         return isinstance(other, State) and (
-            (self.status, self.first, self.last, self.left)
-            == (other.status, other.first, other.last, other.left))
+            (self.status, self.first, self.last, self.left, self.passes)
+            == (other.status, other.first, other.last, other.left, other.passes))
 
 
 def waiting(first, now, timers):
@@ -81,12 +93,19 @@ class Store:
     def __init__(self, where, timers=None):
         self.timers = timers or Timers()
 
-    def check(self, key, now):
-        """Apply the timers to key at time now in one atomic step; return its State."""
+    def check(self, key, now, most=0):
+        """Apply the timers to key at time now in one atomic step; return its State.
+
+        With most, a pass is counted too (see the module's text).
+        """
         raise NotImplementedError
 
-    def passed(self, key, now):
-        """Refresh key and return True if it passed and is alive; else change nothing."""
+    def passed(self, key, now, most=0):
+        """Refresh key and return its State ("known") if it passed and is alive.
+
+        Otherwise change nothing and return None.  With most, the pass is
+        counted too.
+        """
         raise NotImplementedError
 
     def peek(self, key, now):
@@ -157,6 +176,8 @@ def describe(key, state):
         parts.append("first=" + _when(state.first))
     if state.last is not None:
         parts.append("last=" + _when(state.last))
+    if state.passes:
+        parts.append("passes=%d" % state.passes)
     if state.defer:
         parts.append("left=%d" % -(-state.left // 1))
     return " ".join(parts)

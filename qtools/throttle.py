@@ -117,7 +117,9 @@ class Limits:
 
     def command(self, session, verb, cmd):
         config = self.config
-        if session.authenticated:
+        # The trust mark may be set after throttle in the chain (rblcheck -a):
+        # it is read at each command, as mfcheck's soft tests read it.
+        if session.authenticated or core.trusted(session.environ):
             return None
         if verb == b"mail" and config.msgrate:
             return self.judge(session, "mail", config.msgrate, MAILS)

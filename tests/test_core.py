@@ -93,16 +93,33 @@ class TestOverride:
         [
             (True, {"X": "no"}, ("skip", "relayclient")),
             (False, {"WHITELISTED": "", "X": "no"}, ("skip", "whitelisted")),
+            (False, {"QTOOLS_TRUSTED": "rblcheck:dnswl.test", "X": "no"}, ("skip", "trusted")),
+            (False, {"QTOOLS_TRUSTED": "", "X": "no"}, ("refuse", "override")),
             (False, {"X": ""}, ("skip", "override")),
             (False, {"X": "-no"}, ("refuse", "override")),
             (False, {}, None),
         ],
     )
     def test_step_aside(self, relay, environ, expected):
-        """RELAYCLIENT first, then WHITELISTED, then the override variable."""
+        """RELAYCLIENT first, then WHITELISTED and the trust mark, then the override variable."""
         client = core.Client("192.0.2.7", bytes([192, 0, 2, 7]), relay=relay)
         verdict = core.step_aside(client, environ, "X")
         assert (verdict and (verdict.action, dict(verdict.why)["why"])) == expected
+
+    @pytest.mark.parametrize(
+        ("given", "environ", "expected"),
+        [
+            (None, {}, ["postmaster@", "abuse@"]),
+            ([], {}, ["postmaster@", "abuse@"]),
+            (["hostmaster@", "@example.net"], {}, ["hostmaster@", "@example.net"]),
+            ([""], {}, []),
+            (["hostmaster@"], {"MFCHECK_EXEMPT": " a@b.example  @c.example "}, ["a@b.example", "@c.example"]),
+            (None, {"MFCHECK_EXEMPT": ""}, []),
+        ],
+    )
+    def test_exemptions(self, given, environ, expected):
+        """$MFCHECK_EXEMPT over the -e options over postmaster@ and abuse@ (RFC 5321 section 4.5.1)."""
+        assert core.exemptions(given, environ) == expected
 
 
 class TestAddresses:

@@ -38,12 +38,13 @@ rng = random.Random(seed)
 while True:
     key, now, op = rng.choice(keys), time.time(), rng.random()
     if op < 0.8:
-        status = store.check(key, now).status
+        # half of them count passes (greylist -c), as a connection does
+        status = store.check(key, now, 3 if op < 0.4 else 0).status
     elif op < 0.9:
         store.allow(key, now)
         status = "allow"
     elif op < 0.95:
-        store.passed(key, now)
+        store.passed(key, now, 3)
         status = "refresh"
     else:
         store.purge(now)
@@ -104,7 +105,7 @@ def test_greylist_store(tmp_path, capfd):
                                capture_output=True, env={"PATH": BASE_PATH})
         assert shown.returncode == 0 and shown.stderr == b"", shown
         for key in KEYS:
-            store.check(key, now)  # no leftover makes a later update fail
+            store.check(key, now, 3)  # no leftover makes a later update fail
     store.purge(time.time() + 10 * TIMERS["lifetime"])
     left = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
     assert left == [], left[:5]

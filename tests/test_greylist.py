@@ -48,7 +48,7 @@ def allowlist(tmp_path, entries):
 class FailingStore:
     """A store whose every change fails, like a full or read-only disk."""
 
-    def check(self, key, now):
+    def check(self, key, now, most=0):
         raise StoreError("unable to create /var/qmail/greylist/grey: read-only file system")
 
 
@@ -60,6 +60,11 @@ class TestDecide:
         [
             ({}, {"relay": True}, core.Verdict("skip", why=(("why", "relayclient"),))),
             ({"WHITELISTED": ""}, {}, core.Verdict("skip", why=(("why", "whitelisted"),))),
+            (
+                {"QTOOLS_TRUSTED": "rblcheck:dnswl.test", "QTOOLS_GREYLIST": "go away"},
+                {},
+                core.Verdict("skip", why=(("why", "trusted"), ("trust", "rblcheck:dnswl.test"))),
+            ),
             ({"QTOOLS_GREYLIST": ""}, {}, core.Verdict("skip", why=(("why", "override"),))),
             (
                 {"QTOOLS_GREYLIST": "go away"},
@@ -74,7 +79,7 @@ class TestDecide:
         ],
     )
     def test_skips_and_override(self, tmp_path, environ, kwargs, expected):
-        """RELAYCLIENT, WHITELISTED and the override variable come before the store."""
+        """RELAYCLIENT, WHITELISTED, the trust mark and the override variable come before the store."""
         s = DirStore(str(tmp_path))
         assert greylist.decide(client(**kwargs), environ, config(), s, T0) == expected
         assert os.listdir(str(tmp_path)) == []
@@ -218,6 +223,27 @@ class TestDecide:
         assert dict(verdict.why)["learn"] == "defer"
         assert greylist.decide(client(), {}, config(), s, T0 + 300).action == "pass"
 
+    def test_trust_after_passes(self, tmp_path):
+        """-c 2: the second pass counted (an hour after the first) trusts; deferrals never do."""
+        s, c = DirStore(str(tmp_path)), config(trust=2)
+        first = greylist.decide(client(), {}, c, s, T0)
+        assert first.action == "refuse" and "trust" not in dict(first.why)
+        verdict = greylist.decide(client(), {}, c, s, T0 + 300)
+        assert verdict == core.Verdict("pass", why=(("key", "192.0.2.0/24"), ("state", "pass"),
+                                                    ("age", 300), ("passes", 1)))
+        assert dict(greylist.decide(client(), {}, c, s, T0 + 600).why)["passes"] == 1
+        verdict = greylist.decide(client("192.0.2.99"), {}, c, s, T0 + 300 + 3600)
+        assert verdict.why[-2:] == (("passes", 2), ("trust", "greylist:passed"))
+        # Counted without -c, shown without it: nothing is said of passes.
+        assert "passes" not in dict(greylist.decide(client(), {}, config(), s, T0 + 9000).why)
+
+    def test_learn_mode_never_trusts(self, tmp_path):
+        """A deferral let through by -n is not a pass."""
+        s, c = DirStore(str(tmp_path)), config(trust=1, learn=True)
+        verdict = greylist.decide(client(), {}, c, s, T0)
+        assert verdict.action == "pass" and "trust" not in dict(verdict.why)
+        assert dict(greylist.decide(client(), {}, c, s, T0 + 300).why)["trust"] == "greylist:passed"
+
     def test_verdict_rounds_up(self):
         """The time left is rounded up, never to zero."""
         v = greylist.verdict_of(State("wait", T0, left=0.2), [], config(), T0 + 1)
@@ -242,11 +268,28 @@ class TestParse:
         assert (c.timers.delay, c.timers.window, c.timers.lifetime) == (60, 3600, 100)
         assert (c.v4, c.v6, c.allow, c.timeout) == (28, 56, "a.cdb", 5)
         assert greylist.parse(["-i", "/g", "x"])[0].v6 == 128
+        assert (greylist.parse(["/g", "x"])[0].trust, greylist.parse(["-c", "5", "/g", "x"])[0].trust) == (0, 5)
+
+    @pytest.mark.parametrize(
+        "argv, environ, exempt",
+        [
+            (["/g", "x"], {}, ["postmaster@", "abuse@"]),
+            (["-e", "hostmaster@", "-e", "@example.net", "/g", "x"], {},
+             ["hostmaster@", "@example.net"]),
+            (["-e", "", "/g", "x"], {}, []),
+            (["-e", "hostmaster@", "/g", "x"], {"MFCHECK_EXEMPT": "postmaster@ a@b.example"},
+             ["postmaster@", "a@b.example"]),
+            (["/g", "x"], {"MFCHECK_EXEMPT": ""}, []),
+        ],
+    )
+    def test_exemption_list(self, argv, environ, exempt):
+        """-e as mfcheck's, and $MFCHECK_EXEMPT over it: one list for both programs."""
+        assert greylist.parse(argv, environ)[0].exempt == exempt
 
     @pytest.mark.parametrize(
         "argv",
         [[], ["/g"], ["-m", "x", "/g", "p"], ["-4", "33", "/g", "p"], ["-m", "600", "-w", "600", "/g", "p"],
-         ["-P", "-q", "/g"], ["-z", "/g", "p"]],
+         ["-P", "-q", "/g"], ["-z", "/g", "p"], ["-c", "x", "/g", "p"], ["-c", "1001", "/g", "p"]],
     )
     def test_usage(self, argv):
         """A command line that does not fit raises Usage."""
@@ -319,6 +362,29 @@ class TestTranscript:
             rb"greylist: 192.0.2.99 pid x: pass key=192.0.2.0/24 state=pass age=1\n", second.err)
         third = run_prog(argv, {"TCPREMOTEIP": "192.0.2.1"})
         assert third.err == b"greylist: 192.0.2.1 pid x: pass key=192.0.2.0/24 state=known\n"
+
+    def test_passes_trust(self, tmp_path):
+        """--- greylist -c 2 sets the trust mark for the next program at a network's second pass."""
+        # The network's first pass, counted two hours ago.
+        now = time.time()
+        seed = DirStore(str(tmp_path))
+        seed.check("192.0.2.0/24", now - 7200)
+        assert seed.check("192.0.2.0/24", now - 6000, 2).passes == 1
+        show = ["sh", "-c", 'echo "trust=$QTOOLS_TRUSTED"']
+        argv = ["greylist", "-c", "2", str(tmp_path)] + show
+        result = run_prog(argv, {"TCPREMOTEIP": "192.0.2.7"}, SESSION)
+        assert (result.rc, result.out) == (0, b"trust=greylist:passed\n")
+        assert result.err == (b"greylist: 192.0.2.7 pid x: pass key=192.0.2.0/24 state=known"
+                              b" passes=2 trust=greylist:passed\n")
+        assert b"passes=2" in run_prog(["greylist", "-q", str(tmp_path), "192.0.2.7"]).out
+        # Another network's first pass is not enough; its deferral never trusts.
+        argv = ["greylist", "-m", "0", "-c", "2", str(tmp_path)] + show
+        result = run_prog(argv, {"TCPREMOTEIP": "198.51.100.7"}, SESSION)
+        assert result.out.startswith(b"220 ") and b"trust=" not in result.err
+        result = run_prog(argv, {"TCPREMOTEIP": "198.51.100.7"}, SESSION)
+        assert result.out == b"trust=\n"
+        assert re.fullmatch(rb"greylist: 198\.51\.100\.7 pid x: pass key=198\.51\.100\.0/24"
+                            rb" state=pass age=\d+ passes=1\n", result.err)
 
     def test_null_sender_deferred_at_data(self, tmp_path):
         """--- a bounce (MAIL FROM:<>) hears the deferral at DATA, not at RCPT."""
@@ -550,6 +616,43 @@ class TestEndToEnd:
         assert "greylist: 127.0.1.2 pid " in log and "state=pass" in log
         assert "state=known" in log and "Traceback" not in log
 
+    def test_trusted_after_passes_not_tarpitted(self, tmp_path, tcpserver):
+        """greylist -c 2: a network at its second pass is trusted and tarpit lets it be; one at its first is tarpitted."""
+        import smtplib
+
+        store, mail = tmp_path / "state", tmp_path / "mail"
+        store.mkdir()
+        mail.mkdir()
+        now = time.time()
+        seed = DirStore(str(store))
+        seed.check("127.0.1.0/24", now - 7500)
+        assert seed.check("127.0.1.0/24", now - 7200, 2).passes == 1  # counted two hours ago
+        seed.check("127.0.2.0/24", now - 900)
+        assert seed.check("127.0.2.0/24", now - 600, 2).passes == 1  # ten minutes ago: no second yet
+        server = tcpserver(["greylist", "-c", "2", str(store), "tarpit"] + sink_cmd(mail),
+                           env={"TARPITCOUNT": "1", "TARPITDELAY": "2"})
+        took = {}
+        for source in ("127.0.1.2", "127.0.2.2"):
+            s = smtp_from(server.host, server.port, source)
+            s.ehlo("client.example")
+            s.mail("a@example.org")
+            start = time.monotonic()
+            assert s.rcpt("b@example.net")[0] == 250
+            took[source] = time.monotonic() - start
+            s.data(b"Subject: hello\r\n\r\nfrom %s\r\n" % source.encode())
+            try:
+                s.quit()
+            except smtplib.SMTPServerDisconnected:
+                pass
+        assert took["127.0.1.2"] < 1.5 and took["127.0.2.2"] >= 1.95, took
+        assert len(read_maildir(mail)) == 2
+        log = server.log()
+        assert ("greylist: 127.0.1.2 pid" in log
+                and "key=127.0.1.0/24 state=known passes=2 trust=greylist:passed" in log)
+        assert "key=127.0.2.0/24 state=known passes=1\n" in log
+        assert "tarpit: 127.0.2.2 pid" in log and "tarpit: 127.0.1.2 pid" not in log
+        assert "Traceback" not in log and "warning" not in log
+
     def test_bounce_deferred_at_data(self, tmp_path, tcpserver):
         """A bounce passes RCPT and is deferred at DATA."""
         store, mail = tmp_path / "state", tmp_path / "mail"
@@ -715,6 +818,27 @@ class TestTriplets:
         verdict = greylist.decide(client("192.0.2.9"), {}, config(triplet=True), f.store, clock.now + 5)
         assert verdict == core.Verdict("pass", why=(("key", "192.0.2.0/24"), ("state", "known")))
 
+    def test_trusted_network_never_reaches_the_proxy(self, tmp_path):
+        """In triplet mode too the trust mark steps aside before the store, as WHITELISTED does."""
+        environ = {"QTOOLS_TRUSTED": "rblcheck:dnswl.test"}
+        verdict = greylist.decide(client(), environ, config(triplet=True), DirStore(str(tmp_path)), T0)
+        assert verdict == core.Verdict("skip", why=(("why", "trusted"), ("trust", "rblcheck:dnswl.test")))
+        assert os.listdir(str(tmp_path)) == []
+
+    def test_triplet_passes_count_for_the_network(self, tmp_path):
+        """-T -c 2: the proven triplet counts one pass of the network, a connection an hour later the second."""
+        f, clock = self.make(tmp_path, trust=2)
+        session = Session(b"a@example.org")
+        f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>"))
+        clock.now += 300
+        assert f.command(session, b"rcpt", read(b"RCPT TO:<b@example.net>")) is None
+        c = config(triplet=True, trust=2)
+        verdict = greylist.decide(client("192.0.2.9"), {}, c, f.store, clock.now + 5)
+        assert verdict == core.Verdict("pass", why=(("key", "192.0.2.0/24"), ("state", "known"),
+                                                    ("passes", 1)))
+        verdict = greylist.decide(client("192.0.2.9"), {}, c, f.store, clock.now + 3600)
+        assert verdict.why[-2:] == (("passes", 2), ("trust", "greylist:passed"))
+
     def test_unproven_network_goes_to_proxy(self, tmp_path):
         """A network that has not passed is handed to the filter, and nothing is written."""
         verdict = greylist.decide(client(), {}, config(triplet=True), DirStore(str(tmp_path)), T0)
@@ -737,6 +861,41 @@ class TestTriplets:
         clock.now += 400
         assert f.command(Session(b"list-return-2-b=example.net@l.example"), b"rcpt",
                          read(b"RCPT TO:<b@example.net>")) is None
+
+    @pytest.mark.parametrize(
+        "rcpt, exempt, entry",
+        [
+            (b"Postmaster@Example.NET", None, "postmaster@"),
+            (b"abuse@example.net", None, "abuse@"),
+            (b"postmaster", None, "postmaster@"),
+            (b"b@example.net", ["@example.net"], "@example.net"),
+            (b"b@example.net", ["b@example.net"], "b@example.net"),
+            (b"b@example.net", None, None),
+            (b"postmaster@example.net", [], None),
+            (b"abuse@example.net", ["postmaster@"], None),
+        ],
+    )
+    def test_exempt_recipient_never_deferred(self, tmp_path, rcpt, exempt, entry):
+        """A recipient on the exemption list passes at once and nothing is stored for it."""
+        f, _ = self.make(tmp_path, **({} if exempt is None else {"exempt": exempt}))
+        session = Session(b"a@example.org")
+        got = f.command(session, b"rcpt", read(b"RCPT TO:<%s>" % rcpt))
+        if entry is None:
+            assert got.startswith(b"451 greylisted")
+            return
+        assert got is None
+        assert session.logged == [("pass", {"rcpt": rcpt.decode(), "why": "exempt", "entry": entry})]
+        assert os.listdir(str(tmp_path)) == []
+
+    def test_exempt_recipient_of_a_bounce(self, tmp_path):
+        """A bounce to postmaster and another recipient is judged on the other one only."""
+        f, clock = self.make(tmp_path)
+        session = Session(b"", [b"postmaster@example.net"])
+        assert f.command(session, b"data", read(b"DATA")) is None
+        session = Session(b"", [b"postmaster@example.net", b"b@example.net"])
+        assert f.command(session, b"data", read(b"DATA")).startswith(b"451 greylisted")
+        clock.now += 300
+        assert f.command(session, b"data", read(b"DATA")) is None
 
     @pytest.mark.parametrize(
         "verb, line, mail_from",
@@ -810,6 +969,30 @@ class TestTripletTranscript:
         assert re.fullmatch(rb"192\.0\.2\.0/24 a@example\.org b@example\.net wait first=\S+ left=300\n",
                             listing), listing
         assert result.err.count(b" pid x: end ") == 1
+
+
+    def test_postmaster_never_deferred(self, tmp_path):
+        """greylist -T passes postmaster@ at once, logs why, and defers the other recipient."""
+        store, mail = tmp_path / "state", tmp_path / "mail"
+        store.mkdir()
+        mail.mkdir()
+        session = (b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<PostMaster@example.net>\r\n"
+                   b"RCPT TO:<b@example.net>\r\nQUIT\r\n")
+        env = {"TCPREMOTEIP": "192.0.2.7"}
+        result = run_prog(["greylist", "-T", str(store)] + sink_cmd(mail), env, session)
+        assert result.rc == 0
+        replies = result.out.split(b"\r\n")
+        assert replies[-4].startswith(b"250 ")
+        assert replies[-3] == b"451 greylisted, try again in 300 seconds (#4.7.1)"
+        assert (b"greylist: 192.0.2.7 pid x: pass rcpt=PostMaster@example.net why=exempt"
+                b" entry=postmaster@\n") in result.err
+        listing = run_prog(["greylist", "-q", str(store)]).out
+        assert b"postmaster" not in listing.lower() and b"b@example.net wait" in listing
+        # $MFCHECK_EXEMPT, set per client in tcp.smtp, is mfcheck's list and greylist's.
+        result = run_prog(["greylist", "-T", str(store)] + sink_cmd(mail),
+                          dict(env, MFCHECK_EXEMPT="@example.net"), session)
+        assert b"451 " not in result.out
+        assert b"why=exempt entry=@example.net" in result.err
 
 
 @pytest.mark.e2e

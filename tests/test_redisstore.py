@@ -31,6 +31,29 @@ class TestTimers(test_store.TestTimers):
     """The timer tests of the directory store, run against Redis."""
 
 
+class TestPasses(test_store.TestPasses):
+    """The pass count tests of the directory store, run against Redis."""
+
+    def test_fields(self, greystore, redis):
+        """The count is two fields of the key's hash, set by the one script."""
+        s = greystore()
+        s.allow("k", T0)
+        s.check("k", T0 + 1, 3)
+        got = raw(redis, "HMGET", PREFIX + "k", "passes", "counted")
+        when = b"%r" % float(T0 + 1)
+        assert got == b"*2\r\n$1\r\n1\r\n$%d\r\n%s\r\n" % (len(when), when)
+
+    def test_malformed_count(self, greystore, redis):
+        """A count that is not one is the store's failure, not ours."""
+        s = greystore()
+        s.allow("k", T0)
+        raw(redis, "HSET", PREFIX + "k", "passes", "2000000", "counted", "1")
+        with pytest.raises(StoreError, match="malformed reply"):
+            s.check("k", T0 + 1, 3)
+        with pytest.raises(StoreError, match="malformed reply"):
+            s.peek("k", T0 + 1)
+
+
 def raw(redis, *words):
     return redis.command(*(w.encode() if isinstance(w, str) else w for w in words))
 
@@ -342,6 +365,20 @@ class TestTranscript:
         shown = run_prog(["greylist", "-q", redis.url], env)
         assert re.fullmatch(rb"192\.0\.2\.0/24 wait first=\S+Z left=\d+\n", shown.out)
         assert run_prog(["greylist", "-q", str(tmp_path)], env).out == b""
+
+    def test_passes_trust(self, redis):
+        """--- greylist -c 2 on Redis: a network counted an hour before is trusted at its next pass."""
+        now = time.time()
+        seed = RedisStore(redis.url)
+        seed.check("192.0.2.0/24", now - 4000)
+        assert seed.check("192.0.2.0/24", now - 3700, 2).passes == 1
+        show = ["sh", "-c", 'echo "trust=$QTOOLS_TRUSTED"']
+        result = run_prog(["greylist", "-c", "2", redis.url] + show, {"TCPREMOTEIP": "192.0.2.7"},
+                          SESSION)
+        assert (result.rc, result.out) == (0, b"trust=greylist:passed\n")
+        assert result.err.endswith(b" state=known passes=2 trust=greylist:passed\n")
+        shown = run_prog(["greylist", "-q", redis.url, "192.0.2.7"]).out
+        assert re.fullmatch(rb"192\.0\.2\.0/24 known last=\S+Z passes=2\n", shown), shown
 
     def test_password_from_environment(self, redis):
         """--- a URL with the password in $QTOOLS_GREYLIST_STORE replaces one without it in argv."""

@@ -99,6 +99,62 @@ class TestTimers:
         assert s.check("b", T0 + DELAY).status == "new"
 
 
+class TestPasses:
+    """Tests for the pass count (greylist -c), written against the Store interface only."""
+
+    def test_counted_once_an_hour_up_to_most(self, greystore):
+        """Each pass counts, one an hour at most, until most are counted."""
+        s = greystore()
+        assert s.check("k", T0, 3) == State("new", T0, left=DELAY)
+        assert s.check("k", T0 + DELAY, 3) == State("pass", T0, last=T0 + DELAY, passes=1)
+        got = [s.check("k", T0 + DELAY + offset, 3).passes
+               for offset in (60, 3599, 3600, 3601, 7200, 10800, 86400)]
+        assert got == [1, 1, 2, 2, 3, 3, 3]
+        assert s.peek("k", T0 + DELAY + 86400) == State("known", last=T0 + DELAY + 86400, passes=3)
+
+    def test_without_most_nothing_is_counted(self, greystore):
+        """Without most the count is neither read nor moved; peek still tells it."""
+        s = greystore()
+        replay(s, "k", [0, DELAY])
+        assert s.check("k", T0 + DELAY + 3600, 2).passes == 1
+        assert [s.check("k", T0 + DELAY + 3600 * n).passes for n in (2, 3)] == [0, 0]
+        assert s.peek("k", T0 + DELAY + 4 * 3600).passes == 1
+        assert s.peek("other", T0).passes == 0
+
+    def test_passed_counts(self, greystore):
+        """passed counts like check; a key that has not passed is None and stays so."""
+        s = greystore()
+        s.allow("k", T0)
+        assert s.passed("k", T0 + 1, 2) == State("known", last=T0 + 1, passes=1)
+        assert s.passed("k", T0 + 3601, 2).passes == 2
+        assert s.passed("k", T0 + 3602) == State("known", last=T0 + 3602)
+        assert s.passed("other", T0, 2) is None
+        assert s.peek("other", T0).status == "new"
+
+    @pytest.mark.parametrize("how", ["deny", "forget", "expire"])
+    def test_a_new_life_starts_from_none(self, greystore, how):
+        """A key greylisted anew (deny, forget, a lifetime without a pass) counts from none."""
+        s = greystore()
+        replay(s, "k", [0, DELAY])
+        s.check("k", T0 + 2 * 3600, 5)
+        assert s.check("k", T0 + 3 * 3600, 5).passes == 2
+        now = T0 + 3 * 3600 + (LIFE if how == "expire" else 1)
+        if how != "expire":
+            getattr(s, how)("k", now)
+        assert s.check("k", now, 5).status in ("new", "wait")
+        assert s.check("k", now + DELAY, 5) == State(
+            "pass", now if how != "deny" else now, last=now + DELAY, passes=1)
+        assert s.peek("k", now + DELAY + 1).passes == 1
+
+    def test_count_lives_as_long_as_the_pass(self, greystore):
+        """A full count is kept while the key keeps passing, across lifetime generations."""
+        s = greystore()
+        replay(s, "k", [0, DELAY])
+        s.check("k", T0 + 2 * 3600, 2)
+        for day in range(20, 120, 20):
+            assert s.check("k", T0 + day * 86400, 2).passes == 2, day
+
+
 class TestGenerations:
     """Tests for keys that cross a generation boundary."""
 
@@ -121,6 +177,22 @@ class TestGenerations:
         old = os.path.join(tree, str(boundary + LIFE))
         assert [n for _, _, names in os.walk(old) for n in names] == []
         assert s.check("k", boundary + LIFE + 50).status == "known"
+
+    def test_count_follows_its_pass_and_is_purged(self, tmp_path):
+        """The count is one file per pass in count/END/XX/NAME/, moved along with its pass, purged whole."""
+        s = make(tmp_path)
+        boundary = (T0 // LIFE + 1) * LIFE
+        s.check("192.0.2.0/24", boundary - 5000)
+        s.check("192.0.2.0/24", boundary - 4000, 3)
+        name = "192.0.2.0%2F24"
+        entry = os.path.join(s._path("count", boundary - 4000, 0, name))
+        assert os.listdir(entry) == ["1"] and os.stat(os.path.join(entry, "1")).st_mtime == boundary - 4000
+        assert s.check("192.0.2.0/24", boundary + 100, 3).passes == 2
+        assert not os.path.exists(entry)
+        moved = s._path("count", boundary + 100, 0, name)
+        assert sorted(os.listdir(moved)) == ["1", "2"]
+        assert s.purge(boundary + 2 * LIFE) == 4  # the grey and pass entries, the two counted
+        assert os.listdir(os.path.join(s.root, "count")) == []
 
     def test_current_generation_entries_are_alive(self, tmp_path):
         """Nothing in a generation directory is alive at the time it is named after."""
@@ -483,6 +555,19 @@ class TestHostileStore:
             s.allow("k", T0)
         s.deny("k", T0)  # no pass to take away; the grey entry is made
         assert s.peek("k", T0) == State("wait", T0, left=DELAY)
+
+    def test_count_link_refused(self, hostile):
+        """A link planted where a count is kept is removed itself, never followed or written through."""
+        s, victim = hostile
+        s.allow("k", T0)
+        count = s._path("count", T0, 0, "k")
+        plant(count, victim)
+        assert s.passed("k", T0 + 1, 3).passes == 1
+        assert not os.path.islink(count) and os.listdir(count) == ["1"]
+        assert os.stat(count).st_uid == OWNER
+        plant(s._path("count", T0, 1, "k"), victim)  # in the previous generation
+        s.deny("k", T0 + 2)
+        assert not os.path.lexists(count) and not os.path.lexists(s._path("count", T0, 1, "k"))
 
     def test_query_does_not_read_through_links(self, hostile):
         """-q never reads a file a hashed entry's link points to."""

@@ -56,17 +56,19 @@ class TestDecide:
         [
             ({"RELAYCLIENT": ""}, {}, "relayclient"),
             ({"WHITELISTED": ""}, {}, "whitelisted"),
+            ({"QTOOLS_TRUSTED": "rblcheck:dnswl.test", "QTOOLS_THROTTLE": "no"}, {}, "trusted"),
             ({"QTOOLS_THROTTLE": ""}, {}, "override"),
             ({}, {"maxip": 0}, "nolimits"),
         ],
     )
     def test_exemptions_never_ask_the_store(self, environ, kwargs, why):
-        """RELAYCLIENT, WHITELISTED, an empty $QTOOLS_THROTTLE and no limits step aside."""
+        """RELAYCLIENT, WHITELISTED, the trust mark, an empty $QTOOLS_THROTTLE and no limits step aside."""
         store = FakeStore()
         c = config(**dict({"maxip": 5}, **kwargs))
         relay = "RELAYCLIENT" in environ
         verdict = throttle.decide(make_client(relay=relay), environ, c, store, T0)
-        assert verdict == core.Verdict("skip", why=(("why", why),))
+        assert verdict.action == "skip" and verdict.why[0] == ("why", why)
+        assert verdict.why[1:] == ((("trust", "rblcheck:dnswl.test"),) if why == "trusted" else ())
         assert store.calls == []
 
     @pytest.mark.parametrize("text, code", [("slow down", 451), ("-go away", 553)])
@@ -346,6 +348,13 @@ class TestProgram:
         assert result.rc == 0
         assert result.err == b"throttle: 192.0.2.7 pid x: skip why=relayclient\n"
 
+    def test_trusted_passes_without_a_store(self, tmp_path):
+        result = run_prog(["throttle", "-c", "1", str(tmp_path / "missing"), "true"],
+                          env={"TCPREMOTEIP": "192.0.2.7", "QTOOLS_TRUSTED": "greylist:passed"})
+        assert result.rc == 0
+        assert result.err == (b"throttle: 192.0.2.7 pid x: skip why=trusted"
+                              b" trust=greylist:passed\n")
+
     def test_messages_and_recipients_counted_in_the_proxy(self, tmp_path):
         """Two recipients a window: the third RCPT gets 451, the rest of the session goes on."""
         store, mail = tmp_path / "s", tmp_path / "mail"
@@ -370,10 +379,21 @@ class TestProgram:
         limits = throttle.Limits(config(msgrate=1, rcptrate=1), FakeStore(error="x"), "n")
         assert limits.command(Session(), b"mail", read(b"MAIL FROM:<a@b>")) is None
 
+    def test_trusted_sessions_are_not_counted(self):
+        """The trust mark a later program of the chain set (rblcheck -a) spares the rate limits."""
+        class Session:
+            authenticated, mail_from = False, b"a@b"
+            environ = {"QTOOLS_TRUSTED": "rblcheck:dnswl.test"}
+
+        limits = throttle.Limits(config(msgrate=1, rcptrate=1), FakeStore(error="x"), "n")
+        assert limits.command(Session(), b"mail", read(b"MAIL FROM:<a@b>")) is None
+        assert limits.command(Session(), b"rcpt", read(b"RCPT TO:<c@d>")) is None
+
     @pytest.mark.parametrize("fail_closed, reply", [(False, None), (True, b"451 ")])
     def test_proxy_store_failure(self, fail_closed, reply):
         class Session:
             authenticated, mail_from = False, b"a@b"
+            environ = {}
             logged = []
 
             def log(self, verdict, fields=()):
