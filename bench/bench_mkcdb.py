@@ -26,6 +26,7 @@ sys.path.insert(0, HERE)
 from common import (INSTALL_PYTHON, install_bin, install_prefix, measure,  # noqa: E402
                     measure_call, measure_many, table)
 from qtools import cdb  # noqa: E402
+from qtools.validrcptto import MARKER  # noqa: E402
 
 COUNT = int(os.environ.get("BENCH_COUNT", "1000000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -64,9 +65,10 @@ def main():
     work = tempfile.mkdtemp(prefix="bench_mkcdb.")
     try:
         keys = [b"user%d@example%d.com" % (n, n % 1000) for n in range(COUNT)]
-        # qtools-mkcdb -a adds a bare key per domain: give cdbmake the same records
+        # qtools-mkcdb -a adds a bare key per domain and its own marker
+        # record: give cdbmake the same records
         domains = [b"example%d.com" % n for n in range(min(COUNT, 1000))]
-        records = [(k, b"") for k in keys + domains]
+        records = [(k, b"") for k in keys + domains + [MARKER]]
         addresses = os.path.join(work, "addresses")
         with open(addresses, "wb") as f:
             f.write(b"".join(k + b"\n" for k in keys))
