@@ -6,7 +6,7 @@ A multilog directory is filled by multilog itself (t, 1 MB files) with
 BENCH_LINES (default 1 000 000) decision lines of the chain and of
 qtools-queue from 5000 clients, as a gateway under a spam run writes them:
 rblcheck and greylist lines, validrcptto refusals, qtools-queue verdicts,
-the proxy's end lines.  Then bin/qtools-adaptive reads the directory from
+the proxy's end lines.  Then the installed qtools-adaptive reads the directory from
 the start, in a process of its own.
 
 Times are CPU seconds (the machine is shared).  Targets: at least 200 000
@@ -27,12 +27,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from common import table  # noqa: E402
+from common import install_bin, table  # noqa: E402
 from qtools import core  # noqa: E402
 
 LINES = int(os.environ.get("BENCH_LINES", "1000000"))
 CLIENTS = 5000
-BIN = os.path.dirname(os.path.abspath(sys.executable))
 TARGET_RATE = 200000
 
 
@@ -79,7 +78,7 @@ def run_adaptive(state, logdir):
              " subprocess.run(sys.argv[1:], check=True, stderr=subprocess.DEVNULL);"
              " u = resource.getrusage(resource.RUSAGE_CHILDREN);"
              " print(time.perf_counter() - t, u.ru_utime + u.ru_stime, u.ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", probe, os.path.join(BIN, "qtools-adaptive"),
+    done = subprocess.run([sys.executable, "-c", probe, install_bin("qtools-adaptive"),
                            state, state + ".cdb", logdir], capture_output=True, check=True)
     wall, cpu, rss = done.stdout.split()
     return float(wall), float(cpu), int(rss)

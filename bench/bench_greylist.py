@@ -4,8 +4,8 @@
 
 1. Decision cost: DirStore.check in this process for a passed, a waiting and
    a new network, with BENCH_COUNT (default 1 000 000) entries in the store
-   and with an empty one; and whole runs of bin/greylist against a bare
-   interpreter.  The store's size should not show.
+   and with an empty one; and whole runs of the installed greylist (make
+   install, bench/common.py) against its bare interpreter.  The store's size should not show.
 2. Purge: `greylist -P` on the same store, first with nothing expired, then
    with every entry expired, against `find DIR -mmin +N -delete` on as many
    files in cqgreylist's layout (DIR/first-octet/ip), which must stat every
@@ -27,13 +27,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
+from common import FLOOR, FLOOR_NAME, install_bin  # noqa: E402
 from qtools import store  # noqa: E402
 
 COUNT = int(os.environ.get("BENCH_COUNT", "1000000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 CALLS = 20000
-BIN = os.path.dirname(os.path.abspath(sys.executable))
 
 
 def network(i):
@@ -118,13 +119,13 @@ def decisions(full, empty, now):
         empty.check(key, now)
     ref = (time.perf_counter() - start) / len(fresh) * 1e6
     rows.append(("check, new network (us)", ours, ref, "empty store", 1.5))
-    env = {"PATH": BIN + ":/usr/bin:/bin", "TCPREMOTEIP": passed[0].split("/")[0]}
-    greylist = os.path.join(BIN, "greylist")
-    bare = run([sys.executable, "-I", "-S", "-c", "pass"])
+    env = {"PATH": install_bin() + ":/usr/bin:/bin", "TCPREMOTEIP": passed[0].split("/")[0]}
+    greylist = install_bin("greylist")
+    bare = run(FLOOR)
     for label, root in (("full", full.root), ("empty", empty.root)):
         ours = run([greylist, root, "/bin/true"], env)
         rows.append(("greylist run, passed, %s store (ms)" % label, ours * 1e3, bare * 1e3,
-                     "python -I -S", None))
+                     FLOOR_NAME, None))
     return rows
 
 
@@ -140,7 +141,7 @@ def timed(argv):
 
 def purges(scratch, full):
     """Time greylist -P and find on stores with nothing, then everything, expired."""
-    greylist = os.path.join(BIN, "greylist")
+    greylist = install_bin("greylist")
     entries = count_files(full.root)
     cq = os.path.join(scratch, "cqgreylist")
     os.mkdir(cq)

@@ -7,6 +7,7 @@ reference: the C tool given the same records (cdbmake) or the same rules
 (tcprules).  The programs take turns with cdbmake, run after run, so that
 a change in the machine's load falls on all of them.  Every output is
 also checked to be the reference's bytes.
+qtools-mkcdb is that of make install (bench/common.py, with FAST=1).
 Target (issue 9): qtools-mkcdb -a on a million addresses, with the fast
 writer (cdbx), in at most twice cdbmake's time; the pure-Python writer
 and the tcprules format are reported only.
@@ -22,13 +23,14 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-from common import measure, measure_call, measure_many, table  # noqa: E402
+from common import (INSTALL_PYTHON, install_bin, install_prefix, measure,  # noqa: E402
+                    measure_call, measure_many, table)
 from qtools import cdb  # noqa: E402
+from qtools.validrcptto import MARKER  # noqa: E402
 
 COUNT = int(os.environ.get("BENCH_COUNT", "1000000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 TARGET = 2.0
-MKCDB = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "qtools-mkcdb")
 # The least a Python program can do: read the lines and hand them to cdbx,
 # with no check of any line, no repeat found, no domain marker made.  What
 # qtools-mkcdb -a costs beyond this row is its parse.
@@ -63,9 +65,10 @@ def main():
     work = tempfile.mkdtemp(prefix="bench_mkcdb.")
     try:
         keys = [b"user%d@example%d.com" % (n, n % 1000) for n in range(COUNT)]
-        # qtools-mkcdb -a adds a bare key per domain: give cdbmake the same records
+        # qtools-mkcdb -a adds a bare key per domain and its own marker
+        # record: give cdbmake the same records
         domains = [b"example%d.com" % n for n in range(min(COUNT, 1000))]
-        records = [(k, b"") for k in keys + domains]
+        records = [(k, b"") for k in keys + domains + [MARKER]]
         addresses = os.path.join(work, "addresses")
         with open(addresses, "wb") as f:
             f.write(b"".join(k + b"\n" for k in keys))
@@ -90,13 +93,15 @@ def main():
         for writer in writers:
             path = os.path.join(work, "mk-" + writer + ".cdb")
             programs.append(("qtools-mkcdb -a (%s), %d addresses" % (writer, COUNT),
-                             [MKCDB, "-a", path, path + ".tmp"],
+                             [install_bin("qtools-mkcdb"), "-a", path, path + ".tmp"],
                              dict(os.environ, QTOOLS_CDB_WRITER=writer), addresses, path,
                              TARGET if writer == "fast" else None))
         if "fast" in writers:
             path = os.path.join(work, "floor.cdb")
             programs.append(("python reading lines into cdbx, no parse (floor)",
-                             [sys.executable, "-c", FLOOR, path], None, lines, path, None))
+                             [INSTALL_PYTHON, "-I", "-S", "-c", "import sys; sys.path[:0] = [%r]%s" % (
+                                 os.path.join(install_prefix(), "lib", "qtools"), FLOOR), path],
+                             None, lines, path, None))
         path = os.path.join(work, "awk.cdb")
         programs.append(("awk writing cdbmake's input | cdbmake",
                          ["sh", "-c", AWK_CDBMAKE, "sh", path], None, lines, path, None))
@@ -115,7 +120,7 @@ def main():
         tcp_ref = os.path.join(work, "tcprules.cdb")
         tcprules, _ = measure(["tcprules", tcp_ref, tcp_ref + ".tmp"], stdin=rules)
         path = os.path.join(work, "rules.cdb")
-        took, _ = measure([MKCDB, path, path + ".tmp"], stdin=rules)
+        took, _ = measure([install_bin("qtools-mkcdb"), path, path + ".tmp"], stdin=rules)
         same(path, tcp_ref)
         rows.append(("qtools-mkcdb tcprules, %d rules" % (COUNT // 10), took, tcprules, "tcprules",
                      None, "s"))

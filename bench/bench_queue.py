@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: ISC
 """qtools-queue against qmail-spamc's way, in wall and CPU time per message, and its memory.
 
-The reference is what qmail-spamc does: spamc reading the message and
+Ours is the qtools-queue of make install (bench/common.py), as an admin
+runs it.  The reference is what qmail-spamc does: spamc reading the message and
 piping spamd's rewritten message into qmail-queue (here `spamc -U sock |
 qmail-queue`, run by sh).  Ours is qtools-queue as $QMAILQUEUE, asking the
 same spamd with SYMBOLS and exec'ing the same stand-in qmail-queue, which
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 sys.path.insert(0, HERE)
 
-from common import RUNS, VENV_BIN, measure_many, table  # noqa: E402
+from common import RUNS, install_bin, measure_many, table  # noqa: E402
 from helpers_queue import GTUBE, envelope, peak_rss, spamd_binary, start_spamd  # noqa: E402
 
 STANDIN = "#!/bin/sh\ncat > /dev/null\ncat <&1 > /dev/null\n"
@@ -64,7 +65,7 @@ def main():
 def run(top, sock):
     standin = write(os.path.join(top, "qmail-queue"), STANDIN.encode(), 0o755)
     env_file = write(os.path.join(top, "envelope"), envelope(b"alice@example.org", b"joe@example.com"))
-    queue = os.path.join(VENV_BIN, "qtools-queue")
+    queue = install_bin("qtools-queue")
     ours_env = {"PATH": "/usr/bin:/bin", "QTOOLS_SPAMD": sock, "QTOOLS_QMAILQUEUE": standin,
                 "TCPREMOTEIP": "192.0.2.7"}
     theirs = ["sh", "-c", 'exec 1<"$ENVELOPE"; spamc -U "$SOCK" -u joe@example.com | "$STANDIN"']
@@ -95,7 +96,7 @@ def message_rss(top, standin, env_file, megabytes):
         for _ in range(megabytes * 13797):
             f.write(line)
     env = {"PATH": "/usr/bin:/bin", "QTOOLS_SPAMD": "", "QTOOLS_QMAILQUEUE": standin, "TCPREMOTEIP": "192.0.2.7"}
-    code, peak = peak_rss(path, env_file, env)
+    code, peak = peak_rss(path, env_file, env, (install_bin("qtools-queue"),))
     os.unlink(path)
     if code != 0:
         raise RuntimeError("qtools-queue exited %d" % code)

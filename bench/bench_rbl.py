@@ -10,6 +10,7 @@ ask; it answers each question 50 ms after it came, several at a time.
 Targets (issue 9): the decision takes at most d + 20 ms when every list
 answers after d ms (start-up included), and less than rblsmtpd's.
 Also: the CPU time of one connection with and without a query sent.
+rblcheck is that of make install (bench/common.py), as an admin runs it.
 """
 
 import os
@@ -20,7 +21,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-from common import VENV_BIN, measure, table  # noqa: E402
+from common import FLOOR, FLOOR_NAME, install_bin, measure, table  # noqa: E402
 from dnsserver import DNSServer  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "11"))
@@ -43,12 +44,12 @@ def start_server():
 def main():
     server = start_server()
     env = {
-        "PATH": "%s:/usr/bin:/bin" % VENV_BIN,
+        "PATH": "%s:/usr/bin:/bin" % install_bin(),
         "TCPREMOTEIP": "127.0.0.9",
         "DNSCACHEIP": server.host,
         "QTOOLS_RESOLVER": server.address,
     }
-    rblcheck = os.path.join(VENV_BIN, "rblcheck")
+    rblcheck = install_bin("rblcheck")
     r_options = [w for base in LISTS for w in ("-r", base)]
     l_options = [w for base in LISTS for w in ("-l", base + "=127.0.0.[2..11]*1")]
     rows = []
@@ -57,7 +58,7 @@ def main():
         ours_a = measure([rblcheck] + l_options + [TRUE], RUNS, env)
         skip = measure([rblcheck] + r_options + [TRUE], RUNS, dict(env, RBLSMTPD=""))
         one = measure([rblcheck, "-r", LISTS[0], TRUE], RUNS, env)
-        floor = measure([sys.executable, "-I", "-S", "-c", "pass"], RUNS, env)
+        floor = measure(FLOOR, RUNS, env)
         if server.port == 53 and shutil.which("rblsmtpd"):
             theirs = measure(["rblsmtpd"] + r_options + [TRUE], RUNS, env)
         else:
@@ -80,7 +81,7 @@ def main():
         ("cpu per connection, 5 queries sent", ours[1] * ms, skip[1] * ms,
          "no query", None, "ms"),
         ("cpu per connection, no query ($RBLSMTPD empty)", skip[1] * ms, floor[1] * ms,
-         "python -I -S", None, "ms"),
+         FLOOR_NAME, None, "ms"),
     ]
     if theirs[1]:
         rows.append(("cpu per connection, 5 queries sent", ours[1] * ms, theirs[1] * ms,

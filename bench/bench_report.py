@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import samplelog  # noqa: E402
-from common import VENV_BIN, measure_many  # noqa: E402
+from common import install_bin, measure_many  # noqa: E402
 
 LINES = int(os.environ.get("BENCH_LINES", "1000000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -53,7 +53,7 @@ def main():
     try:
         logdir, lines = make_logdir(top)
         files = sorted(os.path.join(logdir, name) for name in os.listdir(logdir))
-        report = os.path.join(VENV_BIN, "qtools-report")
+        report = install_bin("qtools-report")
         page = os.path.join(top, "report.html")
         cases = [([report, logdir], None), ([report, "--json", logdir], None),
                  ([report, "-H", page, logdir], None)]

@@ -9,14 +9,15 @@ measured in the same run: a bare interpreter (python -I -S -c pass) and
 rblsmtpd (C) with $RBLSMTPD empty.  Target (issue 9): a pass path that
 sends no query -- $RBLSMTPD empty, RELAYCLIENT set, an allow-list hit --
 costs at most 1.5 times the bare interpreter's CPU.  The venv interpreter
-with its site import (python -c pass) is shown too: it is the floor an
-installed program cannot go below.
+with its site import (python -c pass) is shown too: it is the floor a
+program started without -S cannot go below.
 
-The programs of make install (PYTHON=$BENCH_INSTALL_PYTHON, Debian's
-/usr/bin/python3 by default) run as "#!python -IS" with their own
-library directory on sys.path, so they pay for no site import: target
-(issue 15), every no-query row at most 1.2 times that interpreter's
-python -I -S -c pass.
+The programs of make install (bench/common.py install_bin(): PYTHON=
+$BENCH_INSTALL_PYTHON, Debian's /usr/bin/python3 by default) run as
+"#!python -IS" with their own library directory on sys.path, so they pay
+for no site import: target (issue 15), every no-query row at most 1.2
+times that interpreter's python -I -S -c pass.  The venv's rows stay:
+they show what the site import costs a program installed with pip.
 """
 
 import os
@@ -26,23 +27,14 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, VENV_BIN, measure_many, table  # noqa: E402
+from common import FLOOR, FLOOR_NAME, VENV_BIN, install_bin, measure_many, table  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "21"))
 TRUE = shutil.which("true")
-INSTALL_PYTHON = os.environ.get("BENCH_INSTALL_PYTHON") or (
-    "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable)
 
 
 def prog(name):
     return os.path.join(VENV_BIN, name)
-
-
-def install(prefix):
-    """make install into prefix; return its bin directory."""
-    subprocess.run(["make", "-s", "-C", REPO, "install", "PYTHON=" + INSTALL_PYTHON,
-                    "PREFIX=" + prefix], check=True, stdout=subprocess.DEVNULL)
-    return os.path.join(prefix, "bin")
 
 
 def no_query_cases(bin_, env, check_env, allow, state):
@@ -63,7 +55,7 @@ def no_query_cases(bin_, env, check_env, allow, state):
 
 def main():
     state = tempfile.mkdtemp(prefix="bench_startup.")
-    installed = install(os.path.join(state, "prefix"))
+    installed = install_bin()
     env = {
         "PATH": "%s:/usr/bin:/bin" % VENV_BIN,
         "TCPREMOTEIP": "127.0.0.9",
@@ -95,7 +87,7 @@ def main():
     if shutil.which("rblsmtpd"):
         cases.append(("rblsmtpd -r x.invalid true", ["rblsmtpd", "-r", "x.invalid", TRUE], env,
                       None))
-    bare = [INSTALL_PYTHON, "-I", "-S", "-c", "pass"]
+    bare = FLOOR
     mine = [(what, argv, case_env, 1.2)
             for what, argv, case_env in no_query_cases(installed, env, check_env, allow, state)]
     both = measure_many([(argv, case_env) for _, argv, case_env, _ in cases + mine]
@@ -107,7 +99,7 @@ def main():
         rows.append((what + ": cpu", cpu * 1000, floor[1] * 1000, "python -I -S", target, "ms"))
     for (what, _, _, target), (wall, cpu) in zip(mine, theirs):
         rows.append(("installed, " + what[10:] + ": cpu", cpu * 1000, floor2[1] * 1000,
-                     "python3 -I -S", target, "ms"))
+                     FLOOR_NAME, target, "ms"))
     if cases[-1][0].startswith("rblsmtpd"):
         for (what, _, _, _), (wall, cpu) in zip(cases[2:-1], results[2:-1]):
             rows.append((what + ": wall", wall * 1000, results[-1][0] * 1000, "rblsmtpd (C)",

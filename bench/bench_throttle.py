@@ -2,11 +2,12 @@
 # SPDX-License-Identifier: ISC
 """throttle: what it costs a connection, and whether the number of clients shows.
 
-1. Per connection: bin/throttle with every kind of connection limit set
-   (-c 5 -C 20 -r, a client under them) handing the connection to true(1),
-   against the interpreter floors measured in the same run: the venv's
-   python -c pass (with site: the floor an installed program cannot go
-   below; target 1.3x) and python -I -S -c pass (shown).
+1. Per connection: the installed throttle (make install, bench/common.py)
+   with every kind of connection limit set (-c 5 -C 20 -r, a client under
+   them) handing the connection to true(1), against the same interpreter's
+   python -I -S -c pass measured in the same run: target 1.3x.  Shown too:
+   the venv's throttle against the venv's python -c pass, both paying for
+   the site import.
 2. The decision in this process (open the store, take an address and a
    network slot, count the connection, close) with 10 tracked clients and
    with BENCH_CLIENTS (default 100 000) networks in the rate table, 10
@@ -16,7 +17,7 @@
    list, so a lock call costs a little more with each live connection
    (tcpserver -c bounds them), never with the clients seen before.
 3. Shown when redis-server is installed: the same run of bin/throttle on a
-   private Redis (a round trip, and the fork of the watcher that renews the
+   private Redis, installed (a round trip, and the fork of the watcher that renews the
    lease; the watcher's own CPU is not in the figure, its wall time is not
    either: it is detached).
 """
@@ -31,7 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-from common import VENV_BIN, measure_many, table  # noqa: E402
+from common import FLOOR, FLOOR_NAME, VENV_BIN, install_bin, measure_many, table  # noqa: E402
 
 from qtools.throttlestore import DirStore  # noqa: E402
 
@@ -111,19 +112,20 @@ def main():
                      "10 clients", 1.3, "us"))
         rows.append(("decision, %d connections held (us)" % HELD, busy, small,
                      "10 held", None, "us"))
-        env = {"PATH": "%s:/usr/bin:/bin" % VENV_BIN, "TCPREMOTEIP": "192.0.2.7"}
+        env = {"PATH": "%s:/usr/bin:/bin" % install_bin(), "TCPREMOTEIP": "192.0.2.7"}
+        venv_env = dict(env, PATH="%s:/usr/bin:/bin" % VENV_BIN)
         run = os.path.join(scratch, "run")
         os.mkdir(run)
-        throttle = [os.path.join(VENV_BIN, "throttle"), "-c", "5", "-C", "20", "-r", "1000000",
-                    run, TRUE]
-        cases = [([sys.executable, "-c", "pass"], env), ([sys.executable, "-I", "-S", "-c", "pass"],
-                                                         env), (throttle, env)]
-        (site, _), (bare, _), (ours, ours_wall) = [
+        limits = ["-c", "5", "-C", "20", "-r", "1000000", run, TRUE]
+        throttle = [install_bin("throttle")] + limits
+        cases = [(FLOOR, env), (throttle, env), ([sys.executable, "-c", "pass"], venv_env),
+                 ([os.path.join(VENV_BIN, "throttle")] + limits, venv_env)]
+        (bare, _), (ours, ours_wall), (site, _), (venv, _) = [
             (cpu, wall) for wall, cpu in measure_many(cases, RUNS)]
-        rows.append(("throttle -c -C -r, under its limits: cpu (ms)", ours * 1e3, site * 1e3,
-                     "python -c pass", 1.3, "ms"))
-        rows.append(("throttle -c -C -r, under its limits: cpu (ms)", ours * 1e3, bare * 1e3,
-                     "python -I -S", None, "ms"))
+        rows.append(("installed throttle -c -C -r, under its limits: cpu", ours * 1e3, bare * 1e3,
+                     FLOOR_NAME, 1.3, "ms"))
+        rows.append(("venv throttle, the same: cpu", venv * 1e3, site * 1e3,
+                     "venv python -c", None, "ms"))
         if shutil.which("redis-server"):
             from bench_redis import start_redis
 
@@ -131,9 +133,9 @@ def main():
             holders.append(server)
             redis = [(throttle[:-2] + [url, TRUE], env)]
             ((wall, cpu),) = measure_many(redis, RUNS)
-            rows.append(("the same on Redis: cpu (ms)", cpu * 1e3, site * 1e3,
-                         "python -c pass", None, "ms"))
-            rows.append(("the same on Redis: wall (ms)", wall * 1e3, ours_wall * 1e3,
+            rows.append(("installed, the same on Redis: cpu", cpu * 1e3, bare * 1e3,
+                         FLOOR_NAME, None, "ms"))
+            rows.append(("installed, the same on Redis: wall", wall * 1e3, ours_wall * 1e3,
                          "directory store", None, "ms"))
         failures = table(rows, "throttle, medians of %d runs" % RUNS)
         return 1 if failures else 0

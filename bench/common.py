@@ -1,16 +1,63 @@
 # SPDX-License-Identifier: ISC
-"""Shared timing helpers for the benchmarks: medians and a ratio table."""
+"""Shared helpers for the benchmarks: the installation measured, medians, a ratio table.
 
+The benchmarks measure the programs as an admin runs them: a make install
+(install_bin()), whose programs start with "#!PYTHON -IS" and so pay for
+no site import, against FLOOR, the same interpreter's python -I -S -c
+pass.  The venv's programs (VENV_BIN) pay for the venv's site import; a
+benchmark shows them only where the difference says something.
+"""
+
+import atexit
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.dirname(os.path.abspath(sys.executable))
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+# The interpreter make install is run with, and the floor's: Debian's
+# python3 unless $BENCH_INSTALL_PYTHON names another.
+INSTALL_PYTHON = os.environ.get("BENCH_INSTALL_PYTHON") or (
+    "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable)
+FLOOR = [INSTALL_PYTHON, "-I", "-S", "-c", "pass"]
+FLOOR_NAME = "python3 -I -S"
+_installed = []
+
+
+def install(prefix):
+    """make install (FAST=1: cdbx too, as in the venv) into prefix with INSTALL_PYTHON."""
+    subprocess.run(["make", "-s", "-C", REPO, "install", "PYTHON=" + INSTALL_PYTHON, "FAST=1",
+                    "PREFIX=" + prefix], check=True, stdout=subprocess.DEVNULL)
+
+
+def install_prefix():
+    """Return the prefix of the installation the benchmarks measure.
+
+    bench/run.py installs once for the whole make bench run and names the
+    prefix in $BENCH_PREFIX; a script run by itself installs into a
+    temporary prefix of its own, removed when it exits.
+    """
+    if not _installed:
+        prefix = os.environ.get("BENCH_PREFIX")
+        if not prefix:
+            top = tempfile.mkdtemp(prefix="bench_install.")
+            atexit.register(shutil.rmtree, top, True)
+            prefix = os.path.join(top, "prefix")
+            install(prefix)
+        _installed.append(prefix)
+    return _installed[0]
+
+
+def install_bin(name=None):
+    """Return the installation's bin directory, or the path of its program name."""
+    directory = os.path.join(install_prefix(), "bin")
+    return directory if name is None else os.path.join(directory, name)
 
 
 def children_cpu():

@@ -31,8 +31,6 @@ taken from qmail-smtpd's commands() (commands.c) and addrparse()
 Case is kept; fold() lowercases for lookups, as the validrcptto patch does.
 """
 
-import os
-
 # qmail-smtpd: "if (addr.len > 900) return 0;" with the NUL counted.
 MAX_ADDRESS = 899
 PATH_VERBS = (b"mail", b"rcpt")
@@ -153,7 +151,7 @@ def localiphost(environ):
     home = environ.get("QMAILHOME") or "/var/qmail"
     for name in ("localiphost", "me"):
         try:
-            with open(os.path.join(home, "control", name), "rb") as control:
+            with open(home.rstrip("/") + "/control/" + name, "rb") as control:
                 first = control.readline()
         except FileNotFoundError:
             continue

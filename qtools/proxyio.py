@@ -7,7 +7,7 @@ over the client's fds and the child's socket, TLS in memory, the timeouts,
 and the child's end.
 """
 
-import os
+import posix  # not os, whose import costs a connection most of a millisecond
 import time
 
 from qtools import core
@@ -93,7 +93,7 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
     IN, OUT = select.POLLIN | select.POLLHUP | select.POLLERR, select.POLLOUT
     sfd = server.fileno()
     for fd in {infd, outfd, sfd}:
-        os.set_blocking(fd, False)
+        posix.set_blocking(fd, False)
     start = last = clock()
     out = bytearray()  # bytes for the client, encrypted once TLS is on
     secure = None
@@ -157,14 +157,14 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
         for fd, event in poller.poll(timeout):
             if fd == sfd and event & OUT and engine.to_server:
                 try:
-                    del engine.to_server[: os.write(sfd, engine.to_server[: 4 * BLOCK])]
+                    del engine.to_server[: posix.write(sfd, engine.to_server[: 4 * BLOCK])]
                 except BlockingIOError:
                     pass
                 except OSError:  # the backend is gone; what it said is still read
                     del engine.to_server[:]
             if fd == sfd and event & IN:
                 try:
-                    data = os.read(sfd, BLOCK)
+                    data = posix.read(sfd, BLOCK)
                 except BlockingIOError:
                     data = None
                 except OSError:
@@ -173,7 +173,7 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
                     engine.server_data(data)
             if fd == outfd and event & (OUT | select.POLLERR | select.POLLHUP) and out:
                 try:
-                    del out[: os.write(outfd, out[: 4 * BLOCK])]
+                    del out[: posix.write(outfd, out[: 4 * BLOCK])]
                     last = clock()
                 except BlockingIOError:
                     pass
@@ -181,7 +181,7 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
                     return "gone"
             if fd == infd and event & IN:
                 try:
-                    data = os.read(infd, BLOCK)
+                    data = posix.read(infd, BLOCK)
                 except BlockingIOError:
                     continue
                 except OSError:
@@ -218,11 +218,11 @@ def spawn(argv, environ):
     except OSError:
         pass  # the default works, only slower
     try:
-        pid = os.posix_spawn(
+        pid = posix.posix_spawn(
             path, argv, environ,
             file_actions=[
-                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 0),
-                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 1),
+                (posix.POSIX_SPAWN_DUP2, theirs.fileno(), 0),
+                (posix.POSIX_SPAWN_DUP2, theirs.fileno(), 1),
             ],
             setsigdef=(_signal.SIGPIPE,),  # Python ignores it; the child must not
         )
@@ -239,7 +239,7 @@ def _wait(pid, seconds):
     # A pidfd wakes us the moment the child ends; without one (old kernel,
     # other system) waitpid is polled, never in a busy loop.
     try:
-        fd = os.pidfd_open(pid)
+        fd = posix.pidfd_open(pid)
     except (AttributeError, OSError):
         fd = None
     if fd is not None:
@@ -250,11 +250,11 @@ def _wait(pid, seconds):
             poller.register(fd, select.POLLIN)
             poller.poll(seconds * 1000)
         finally:
-            os.close(fd)
-        return os.waitpid(pid, os.WNOHANG)
+            posix.close(fd)
+        return posix.waitpid(pid, posix.WNOHANG)
     deadline = time.monotonic() + seconds
     while True:
-        done = os.waitpid(pid, os.WNOHANG)
+        done = posix.waitpid(pid, posix.WNOHANG)
         if done[0] or time.monotonic() >= deadline:
             return done
         time.sleep(0.02)
@@ -267,12 +267,12 @@ def reap(pid, grace=CHILD_GRACE):
     for sig, wait in ((None, grace), (_signal.SIGTERM, 2.0), (_signal.SIGKILL, None)):
         if sig is not None:
             try:
-                os.kill(pid, sig)
+                posix.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        done, status = os.waitpid(pid, 0) if wait is None else _wait(pid, wait)
+        done, status = posix.waitpid(pid, 0) if wait is None else _wait(pid, wait)
         if done:
-            return os.waitstatus_to_exitcode(status), sig is not None
+            return posix.waitstatus_to_exitcode(status), sig is not None
     return -9, True
 
 
@@ -336,7 +336,7 @@ def run(filters, argv, environ, infd=0, outfd=1):
         server.close()
         for fd in {infd, outfd}:
             try:
-                os.close(fd)  # the client sees the end now, not after the child
+                posix.close(fd)  # the client sees the end now, not after the child
             except OSError:
                 pass
         # A backend that outstayed its grace after its input was closed

@@ -106,6 +106,32 @@ def test_installed_chain_under_tcpserver(installed, tmp_path, tcpserver, rbldnsd
     assert pids["rhostcheck"][-1] == pids["greylist"][-1] == pids["validrcptto"][-1]
 
 
+def test_installed_proxy_path_imports_no_os(installed, tmp_path):
+    """mfcheck, its DNS query and tarpit in one proxy, installed: posix only, never os.
+
+    Importing os costs a connection most of a millisecond; an installed
+    program has no site import to load it first."""
+    prefix, _ = installed
+    bin_ = os.path.join(prefix, "bin")
+    (tmp_path / "mail").mkdir()
+    session = (b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<joe@example.com>\r\n"
+               b"RSET\r\nMAIL FROM:<>\r\nRCPT TO:<joe@example.com>\r\n"
+               b"DATA\r\nSubject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+    # a closed port on loopback: the MX query is sent and fails at once (451 to the RCPT)
+    env = {"PATH": "%s:/usr/bin:/bin" % bin_, "TCPREMOTEIP": "127.0.0.9",
+           "TCPREMOTEHOST": "mail.example.org", "QTOOLS_RESOLVER": "127.0.0.1:9"}
+    # -X importtime reaches only this process: the sink's imports are not in the profile
+    argv = ([PYTHON, "-X", "importtime", "-IS", os.path.join(bin_, "mfcheck"), "-T", "2",
+             os.path.join(bin_, "tarpit")] + SINK + [str(tmp_path / "mail")])
+    done = subprocess.run(argv, input=session, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done
+    assert b"\r\n451 " in done.stdout and len(read_maildir(str(tmp_path / "mail"))) == 1, done
+    loaded = {line.rsplit(b"|", 1)[1].strip() for line in done.stderr.splitlines()
+              if line.startswith(b"import time:")}
+    assert {b"qtools.proxyio", b"qtools.resolver", b"qtools.address"} <= loaded, done.stderr
+    assert b"os" not in loaded, done.stderr
+
+
 def test_upgrade_removes_what_the_old_version_had(installed, tmp_path):
     """Installing over an installation leaves none of its files that the new one has not."""
     prefix, staged = installed
