@@ -37,9 +37,17 @@ def mask_pids(data):
     return _PID.sub(b"pid x", data)
 
 
+os.environ.setdefault("DNSCACHEIP", "127.0.0.1")  # for programs run with the test's own environment
+
+
 def base_env(env=None):
-    """Return a minimal environment ({PATH}) updated by env."""
-    result = {"PATH": BASE_PATH}
+    """Return a minimal environment ({PATH}) updated by env.
+
+    DNSCACHEIP points a program that is given no QTOOLS_RESOLVER at
+    loopback, never at the resolver of /etc/resolv.conf: tests contact
+    only loopback addresses.
+    """
+    result = {"PATH": BASE_PATH, "DNSCACHEIP": "127.0.0.1"}
     if env:
         result.update(env)
     return result
