@@ -26,6 +26,7 @@ class Reader:
 
     def __init__(self, path):
         self.path = path
+        self._fd = -1  # for close() when the open fails
         fd = posix.open(path, posix.O_RDONLY)
         try:
             size = posix.fstat(fd).st_size
@@ -46,6 +47,10 @@ class Reader:
         if self._fd >= 0:
             posix.close(self._fd)
             self._fd = -1
+
+    # A reader dropped unclosed (a filter's, at the end of a session run
+    # in-process) gives its descriptor back.
+    __del__ = close
 
     def __enter__(self):
         return self

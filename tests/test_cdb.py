@@ -271,3 +271,13 @@ def test_open_or_warn(tmp_path, capfd):
     path = tmp_path / "good.cdb"
     cdbmodule.write(str(path), [(b"k", b"v")])
     assert cdbmodule.open_or_warn(str(path), "demo").get(b"k") == b"v"
+
+
+def test_a_dropped_reader_gives_its_descriptor_back(tmp_path):
+    """A reader a filter drops unclosed (a session run in-process) closes its file."""
+    path = tmp_path / "x.cdb"
+    path.write_bytes(written([(b"k", b"v")]))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        assert cdb.Reader(str(path)).get(b"k") == b"v"
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -730,3 +730,15 @@ def test_real_process(name, tmp_path, capfd):
         tally.bytes += len(data)
         tally.replies += len(lines)
     tally.report(capfd)
+
+
+def test_filter_stacks_built_in_process_leak_no_descriptor(tmp_path):
+    """make fuzz builds 100 000 filter stacks in one process: none may keep a descriptor."""
+    tmp = str(tmp_path)
+    make_vcdb(tmp)
+    rng = random.Random("%s leak" % SEED)
+    filter_stack(tmp, rng, Clock())  # the first build opens what stays (the module's own)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        filter_stack(tmp, rng, Clock())
+    assert len(os.listdir("/proc/self/fd")) == before
