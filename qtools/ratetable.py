@@ -15,7 +15,7 @@ Record layout: key length (1 byte), key (up to KEY_MAX bytes), window
 number at 88 (8 bytes), the six counts at 96 (4 bytes each), little-endian.
 """
 
-import os
+import posix
 
 RECORD, GROUP, GROUPS = 128, 8, 32768
 KEY_MAX = 80  # bytes of a key in a record
@@ -50,7 +50,7 @@ def _block(fd, data, how):
     group = _group(data)
     _lock(fd, group, how)
     try:
-        return group, os.pread(fd, GROUP * RECORD, group * GROUP * RECORD)
+        return group, posix.pread(fd, GROUP * RECORD, group * GROUP * RECORD)
     except BaseException:
         _unlock(fd, group)
         raise
@@ -79,7 +79,7 @@ def update(fd, data, which, limit, window, now):
         seen = estimate(number * window, (cur, prev), window, now)[which]
         if seen < limit:
             cur[which] += 1
-            os.pwrite(fd, _pack(data, number, cur, prev), (group * GROUP + at) * RECORD)
+            posix.pwrite(fd, _pack(data, number, cur, prev), (group * GROUP + at) * RECORD)
     finally:
         _unlock(fd, group)
     return seen

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: ISC
 """throttle: limit what one client and its network may take, connections and mail."""
 
-import os
+import posix
 import time
 
 from qtools import core
@@ -216,7 +216,7 @@ def refuse(verdict, ip):
     """Say the 421 and hang up: the next program never runs."""
     core.log(PROG, ip, verdict.reply, verdict.why)
     try:
-        os.write(1, (verdict.reply + "\r\n").encode())
+        posix.write(1, (verdict.reply + "\r\n").encode())
     except OSError:
         pass
     return 0

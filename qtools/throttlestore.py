@@ -21,7 +21,7 @@ with one link, so a directory another account can write cannot send root
 to another file.
 """
 
-import os
+import posix
 
 from qtools import ratetable
 from qtools.store import StoreError  # one kind of store failure for every program
@@ -73,33 +73,33 @@ class DirStore:
             return fd
         import stat
 
-        path = os.path.join(self.root, name)
+        path = self.root + "/" + name
         try:
-            top = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            top = posix.open(self.root, posix.O_RDONLY | posix.O_DIRECTORY)
         except OSError as error:
             raise _fail("open", self.root, error)
         try:
-            flags = os.O_NOFOLLOW | (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY)
+            flags = posix.O_NOFOLLOW | (posix.O_RDWR | posix.O_CREAT if create else posix.O_RDONLY)
             try:
-                fd = os.open(name, flags, 0o644, dir_fd=top)
+                fd = posix.open(name, flags, 0o644, dir_fd=top)
             except FileNotFoundError:
                 if create:
                     raise
                 return None
-            st = os.fstat(fd)
+            st = posix.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                os.close(fd)
+                posix.close(fd)
                 raise StoreError("unable to use %s: not a plain file with one link" % path)
-            if create and os.geteuid() == 0 and st.st_uid == 0:
+            if create and posix.geteuid() == 0 and st.st_uid == 0:
                 # Made by root (tcpserver without -u): the connections'
                 # account, the owner of the directory, must keep it writable.
-                owner = os.fstat(top)
+                owner = posix.fstat(top)
                 if owner.st_uid != 0:
-                    os.fchown(fd, owner.st_uid, owner.st_gid)
+                    posix.fchown(fd, owner.st_uid, owner.st_gid)
         except OSError as error:
             raise _fail("open", path, error)
         finally:
-            os.close(top)
+            posix.close(top)
         self._fds[name] = fd
         return fd
 
@@ -133,7 +133,7 @@ class DirStore:
         try:
             if maxip or maxnet:
                 fd = self._open("conn")
-                os.set_inheritable(fd, True)  # the lock lives as long as the connection
+                posix.set_inheritable(fd, True)  # the lock lives as long as the connection
                 if maxip:
                     ipslot = self._take(fd, "ip " + ip, maxip)
                     if not ipslot:
@@ -155,7 +155,7 @@ class DirStore:
                     return Admission("rate", ipslot, netslot, seen)
                 seen += 1
         except OSError as error:
-            raise _fail("lock", os.path.join(self.root, "conn"), error)
+            raise _fail("lock", self.root + "/conn", error)
         return Admission("ok", ipslot, netslot, seen)
 
     def keep(self):
@@ -174,7 +174,7 @@ class DirStore:
             return ratetable.update(fd, net.encode("utf-8", "surrogateescape"), KINDS.index(kind),
                                     limit, window, now)
         except OSError as error:
-            raise _fail("update", os.path.join(self.root, "rate"), error)
+            raise _fail("update", self.root + "/rate", error)
 
     # --- the command line ------------------------------------------------------
 
@@ -192,7 +192,7 @@ class DirStore:
             try:
                 rates = ratetable.read(fd, net.encode("utf-8", "surrogateescape"), window, now)
             except OSError as error:
-                raise _fail("read", os.path.join(self.root, "rate"), error)
+                raise _fail("read", self.root + "/rate", error)
         found.update(zip(KINDS, rates))
         return found
 
@@ -200,12 +200,12 @@ class DirStore:
         """Let go of what the rest of the connection does not need: the rate table."""
         fd = self._fds.pop("rate", None)
         if fd is not None:
-            os.close(fd)
+            posix.close(fd)
 
     def close(self):
         """Close the files; the slots of this process go with the descriptor of conn."""
         for fd in self._fds.values():
-            os.close(fd)
+            posix.close(fd)
         self._fds = {}
 
 
