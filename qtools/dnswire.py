@@ -33,6 +33,16 @@ def encode_name(name):
     return wire
 
 
+def valid_domain(name):
+    """Return True for a multi-label name that DNS can ask (RFC 7208 section 4.3)."""
+    name = name[:-1] if name.endswith(".") else name
+    try:
+        encode_name(name)
+    except ValueError:
+        return False
+    return "." in name
+
+
 def make_query(name, rdtype_text, ident):
     """Return the query packet asking for name's records of rdtype_text, recursion desired."""
     rdtype = TYPES.get(rdtype_text)

@@ -77,7 +77,7 @@ def spf_hit(result, explanation, domain, client, level):
 def decide(sender, helo, client, config, ask, now=0.0, whitelisted=False):
     """Return the Verdict on one MAIL FROM: sender and helo are text, ask(questions) the DNS."""
     from qtools import helocheck, senderdns
-    from qtools.spfrecord import valid_domain
+    from qtools.dnswire import valid_domain  # not spfrecord: SPF's code loads only for SPF
 
     fields = [("from", sender), ("helo", helo or "")]
     hits = []  # (test, reply, why fields)
@@ -244,7 +244,7 @@ def main(argv, environ):
         return core.chain(PROG, rest, environ)
     if wish.action == "refuse":
         config.refusal = core.from_override(wish)
-    else:
+    elif config.files != (None, None):  # no list, no patterns module loaded
         from qtools import patterns
 
         helo_file, sender_file = config.files

@@ -481,4 +481,9 @@ def _launch(argv, environ):
     core.set_launcher(None)
     from qtools import proxyio
 
-    return proxyio.run(filters, argv, environ)
+    code = proxyio.run(filters, argv, environ)
+    if core.running_as_program():
+        # The session is over and logged, the child reaped: nothing is
+        # left for the interpreter's teardown to do.
+        core.leave(code)
+    return code

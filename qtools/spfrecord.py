@@ -6,6 +6,7 @@ so every syntax error is found before any DNS question is asked.
 """
 
 from qtools import core
+from qtools.dnswire import valid_domain  # noqa: F401 (spfrecord.valid_domain to qtools.spf)
 
 QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 MECHANISMS = ("all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists")
@@ -20,18 +21,6 @@ class PermError(Exception):
 def _toplabel_ok(label):
     return (label != "" and all(c.isalnum() or c == "-" for c in label) and label.isascii()
             and not label.isdigit() and label[0] != "-" and label[-1] != "-")
-
-
-def valid_domain(name):
-    """Return True for a multi-label name that DNS can ask (section 4.3)."""
-    from qtools.dnswire import encode_name
-
-    name = name[:-1] if name.endswith(".") else name
-    try:
-        encode_name(name)
-    except ValueError:
-        return False
-    return "." in name
 
 
 def _network(text, bits, size):

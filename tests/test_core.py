@@ -521,3 +521,19 @@ class TestHostileBytes:
         assert r.out == b"554 SMTP protocol violation (#5.5.1)\r\n"
         assert r.err == (b'tarpit: 192.0.2.7 pid x: 554 SMTP protocol violation (#5.5.1) why=pregreet'
                          b' text="EHLO x???250 injected???"\n')
+
+
+def test_leave_flushes_and_exits_with_the_code():
+    """leave() ends the process at once with its code, buffered output written first."""
+    code = "import sys; from qtools import core; sys.stdout.write('kept'); sys.stderr.write('too'); core.leave(7)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert (done.returncode, done.stdout, done.stderr) == (7, b"kept", b"too")
+
+
+def test_running_as_program_only_for_a_qtools_program(monkeypatch):
+    """A caller of main() (a test, a script) is never ended by the proxy's fast exit."""
+    assert not core.running_as_program()
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/mfcheck", "true"])
+    assert core.running_as_program()
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/python3"])
+    assert not core.running_as_program()

@@ -149,3 +149,13 @@ def test_ipv4_without_socket_agrees_with_inet_pton(text):
     assert core.parse_ip(text) == expected
     if expected:
         assert core.format_ip(expected[1]) == _socket.inet_ntop(_socket.AF_INET, expected[1])
+
+
+def test_mfcheck_loads_spf_and_patterns_only_when_asked(files):
+    """mfcheck without -p, -b or -h loads neither the SPF code nor the pattern lists."""
+    environ = dict(CLIENT, **PROFILE)
+    run = run_prog(["mfcheck", "-T", "2"] + QUIET_SINK + [files["mail"]], env=environ, stdin=SESSION)
+    assert run.rc == 0, run
+    loaded = imported(run.err)
+    assert "qtools.mailcheck" in loaded, run.err.decode("utf-8", "replace")  # the proxy ran
+    assert not loaded & {"qtools.spf", "qtools.spfrecord", "qtools.patterns"}, sorted(loaded)
