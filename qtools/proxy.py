@@ -322,7 +322,9 @@ class Engine:
             lines = edit_ehlo(lines, self.tls_available and not session.tls)
         elif verb == b"mail" and not ok:
             session.mail_from = None
-        elif verb == b"rcpt" and ok:
+        elif verb == b"rcpt" and ok and entry.path is not None:
+            # None is an address qmail-smtpd refuses as a syntax error: a
+            # backend that took it anyway has no recipient we could judge.
             session.rcpts.append(entry.path)
         elif verb == b".":
             session.reset()

@@ -1190,3 +1190,15 @@ class TestTls:
         while "unable to load /nonexistent.pem" not in server.log() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "validrcptto: warning: unable to load /nonexistent.pem" in server.log()
+
+
+def test_a_recipient_qmail_smtpd_cannot_read_is_never_one_the_filters_see():
+    """A backend that takes an address of 900 bytes (qmail-smtpd's syntax error) adds nothing to session.rcpts.
+
+    make fuzz found greylist -T judging such a None recipient of a bounce
+    at DATA and failing.
+    """
+    engine, session = make()
+    long_rcpt = b"RCPT TO:<" + b"a" * 950 + b"@example.net>\r\n"
+    converse(engine, FakeQmail(), [b"HELO a\r\nMAIL FROM:<>\r\n" + long_rcpt + b"RCPT TO:<b@c>\r\n"])
+    assert session.rcpts == [b"b@c"]
