@@ -106,7 +106,9 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
             out += engine.to_client
             del engine.to_client[:]
         # Write at once what each side takes without blocking: poll waits
-        # only for what is left (a wake-up less per command and reply).
+        # only for what is left (a wake-up less per command and reply), and
+        # the next turn of the loop writes it, so this is the one place
+        # that writes.
         if out:
             try:
                 del out[: posix.write(outfd, out[: 4 * BLOCK])]
@@ -172,13 +174,6 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
             poller.register(fd, mask)
         timeout = max(0.0, min(limits)) * 1000 if limits else None
         for fd, event in poller.poll(timeout):
-            if fd == sfd and event & OUT and engine.to_server:
-                try:
-                    del engine.to_server[: posix.write(sfd, engine.to_server[: 4 * BLOCK])]
-                except BlockingIOError:
-                    pass
-                except OSError:  # the backend is gone; what it said is still read
-                    del engine.to_server[:]
             if fd == sfd and event & IN:
                 try:
                     data = posix.read(sfd, BLOCK)
@@ -188,14 +183,6 @@ def relay(engine, server, infd=0, outfd=1, tls=None, idle=IDLE_TIMEOUT,
                     data = b""
                 if data is not None:
                     engine.server_data(data)
-            if fd == outfd and event & (OUT | select.POLLERR | select.POLLHUP) and out:
-                try:
-                    del out[: posix.write(outfd, out[: 4 * BLOCK])]
-                    last = clock()
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    return "gone"
             if fd == infd and event & IN:
                 try:
                     data = posix.read(infd, BLOCK)
