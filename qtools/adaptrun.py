@@ -40,8 +40,7 @@ def follow(prog, make_run, state, rules, allow_path, flags, rest, now, writer):
     state.load()
     run = make_run(rules, state, allow, now)
     if len(rest) > 2:
-        follower = logread.Follower()
-        follower.positions = state.positions
+        follower = logread.Follower(state.positions)
         for logdir in rest[2:]:
             if not os.path.isdir(logdir):
                 raise core.Die(core.TEMP_EXIT, "unable to read %s: not a directory" % logdir)

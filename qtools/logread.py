@@ -11,7 +11,6 @@ Used by the tools that run once (qtools-report, qtools-adaptive), never on
 the connection path.
 """
 
-import json
 import os
 import re
 import time
@@ -196,12 +195,9 @@ class Follower:
     newer archive, then the new current from its start.
     """
 
-    def __init__(self, state_path=None):
-        self.state_path = state_path
-        self.positions = {}
-        if state_path and os.path.exists(state_path):
-            with open(state_path) as handle:
-                self.positions = json.load(handle)
+    def __init__(self, positions=None):
+        # {logdir: position}; the caller keeps it between runs (JSON-safe)
+        self.positions = {} if positions is None else positions
 
     def lines(self, logdir):
         """Yield each line of logdir not read before, in order; the position moves as they are taken."""
@@ -280,14 +276,3 @@ class Follower:
             if name in ("current", "previous") or name[:25] > stamp:
                 return index
         return len(listing)
-
-    def save(self):
-        """Write the positions atomically (temporary file, fsync, rename)."""
-        if not self.state_path:
-            return
-        temporary = "%s.tmp%d" % (self.state_path, os.getpid())
-        with open(temporary, "w") as handle:
-            json.dump(self.positions, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.state_path)

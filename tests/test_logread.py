@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: ISC
 """Tests for `qtools.logread`: TAI64N, decision lines, multilog directories."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,6 +54,15 @@ def test_parse_a_verdict_without_fields():
     assert (record.ip, record.verdict, record.fields, record.code) == ("::1", "pass", {}, None)
 
 
+def restarted(state):
+    """The Follower a new run makes: the positions the last run kept, through JSON."""
+    return logread.Follower(json.loads(state.read_text()) if state.exists() else None)
+
+
+def saved(follower, state):
+    state.write_text(json.dumps(follower.positions))
+
+
 def _write(path, text):
     with open(path, "a") as handle:
         handle.write(text)
@@ -61,34 +71,34 @@ def _write(path, text):
 def test_follower_reads_each_line_once_across_rotation_and_restart(tmp_path):
     logdir = tmp_path / "log"
     logdir.mkdir()
-    state = str(tmp_path / "state")
+    state = tmp_path / "state"
     current = logdir / "current"
     _write(current, "one\ntwo\npart")
-    follower = logread.Follower(state)
+    follower = restarted(state)
     assert list(follower.lines(str(logdir))) == ["one\n", "two\n"]
-    follower.save()
+    saved(follower, state)
     # multilog's rotation: current is renamed to an archive, a new one begins.
     _write(current, "ial\nthree\n")
     os.rename(current, logdir / "@400000006b0d3c3213e86d8c.s")
     _write(current, "four\n")
-    follower = logread.Follower(state)
+    follower = restarted(state)
     assert list(follower.lines(str(logdir))) == ["partial\n", "three\n", "four\n"]
-    follower.save()
-    assert list(logread.Follower(state).lines(str(logdir))) == []
+    saved(follower, state)
+    assert list(restarted(state).lines(str(logdir))) == []
 
 
 def test_follower_after_its_file_was_removed_reads_the_newer_archives(tmp_path):
     logdir = tmp_path / "log"
     logdir.mkdir()
-    state = str(tmp_path / "state")
+    state = tmp_path / "state"
     _write(logdir / "current", "old\n")
-    follower = logread.Follower(state)
+    follower = restarted(state)
     assert list(follower.lines(str(logdir))) == ["old\n"]
-    follower.save()
+    saved(follower, state)
     os.remove(logdir / "current")
     _write(logdir / "@400000006b0d3c3213e86d8c.s", "newer\n")
     _write(logdir / "current", "newest\n")
-    assert list(logread.Follower(state).lines(str(logdir))) == ["newer\n", "newest\n"]
+    assert list(restarted(state).lines(str(logdir))) == ["newer\n", "newest\n"]
 
 
 @pytest.mark.e2e
@@ -96,7 +106,7 @@ def test_follower_after_its_file_was_removed_reads_the_newer_archives(tmp_path):
 def test_follower_against_a_real_multilog_rotating_under_it(tmp_path):
     logdir = tmp_path / "log"
     logdir.mkdir()
-    state = str(tmp_path / "state")
+    state = tmp_path / "state"
     multilog = subprocess.Popen(["multilog", "t", "s4096", "n100", str(logdir)],
                                 stdin=subprocess.PIPE)
     seen = []
@@ -106,12 +116,12 @@ def test_follower_against_a_real_multilog_rotating_under_it(tmp_path):
         multilog.stdin.write(line.encode() + b"\n")
         if number % 150 == 0:
             multilog.stdin.flush()
-            follower = logread.Follower(state)
+            follower = restarted(state)
             seen += [logread.parse(text) for text in follower.lines(str(logdir))]
-            follower.save()
+            saved(follower, state)
     multilog.stdin.close()
     assert multilog.wait(timeout=30) == 0
-    follower = logread.Follower(state)
+    follower = restarted(state)
     seen += [logread.parse(text) for text in follower.lines(str(logdir))]
     assert len([n for n in os.listdir(logdir) if n.startswith("@")]) > 5  # it did rotate
     assert [int(record.fields["n"]) for record in seen] == list(range(total))
