@@ -417,6 +417,18 @@ class Verdict:
         )
 
 
+def exempt_entry(address, entries):
+    """Return the entry of the exemption list (exemptions()) a recipient matches, or None."""
+    local, at, domain = address.lower().rpartition("@")
+    if not at:
+        local = domain
+    for entry in entries:
+        entry = entry.lower()
+        if entry in (address.lower(), local + "@", "@" + domain) and entry != "@":
+            return entry
+    return None
+
+
 def step_aside(client, environ, name):
     """Return the Verdict for a client every check leaves alone or $name refuses, else None.
 

@@ -197,14 +197,13 @@ class Triplets:
 
     def judge(self, session, sender, rcpts):
         """Check each triplet; return the deferral reply if one must wait."""
-        from qtools.mailcheck import exempt  # mfcheck's reading of the list, shared
         from qtools.store import StoreError
 
         now = self.clock()
         refusal, longest = None, -1
         for rcpt in rcpts:
             shown = rcpt.decode("latin-1")
-            entry = exempt(shown, self.config.exempt)
+            entry = core.exempt_entry(shown, self.config.exempt)
             if entry is not None:  # postmaster@ (RFC 5321 section 4.5.1) is never deferred
                 session.log("pass", (("rcpt", shown), ("why", "exempt"), ("entry", entry)))
                 continue

@@ -8,18 +8,6 @@ from qtools import core
 from qtools.mfcheck import PROG, PROTOCOL, TOO_MANY, decide
 
 
-def exempt(address, entries):
-    """Return the entry of the exemption list a recipient matches, or None."""
-    local, at, domain = address.lower().rpartition("@")
-    if not at:
-        local = domain
-    for entry in entries:
-        entry = entry.lower()
-        if entry in (address.lower(), local + "@", "@" + domain) and entry != "@":
-            return entry
-    return None
-
-
 def text(data):
     """Return bytes from the wire as text for the log and the tests."""
     return data.decode("latin-1")
@@ -103,7 +91,7 @@ class MailCheck:
         address = cmd.path
         shown = text(address if address is not None else cmd.line)
         if self.pending is not None:
-            entry = exempt(shown, config.exempt) if address is not None else None
+            entry = core.exempt_entry(shown, config.exempt) if address is not None else None
             if entry is None:
                 return (self.pending.reply + "\r\n").encode("ascii", "replace")
             session.log("pass", (("rcpt", shown), ("why", "exempt"), ("entry", entry)))
