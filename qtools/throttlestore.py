@@ -79,7 +79,10 @@ class DirStore:
         except OSError as error:
             raise _fail("open", self.root, error)
         try:
-            flags = posix.O_NOFOLLOW | (posix.O_RDWR | posix.O_CREAT if create else posix.O_RDONLY)
+            # O_NONBLOCK: a FIFO the store's owner put there must not hold
+            # root's -q at the open; the check below refuses it.
+            flags = (posix.O_NOFOLLOW | posix.O_NONBLOCK
+                     | (posix.O_RDWR | posix.O_CREAT if create else posix.O_RDONLY))
             try:
                 fd = posix.open(name, flags, 0o644, dir_fd=top)
             except FileNotFoundError:

@@ -252,6 +252,14 @@ class TestDirStore:
             s.admit("192.0.2.7", "192.0.2.0/24", 1, 0, 1, 60, T0)
         assert victim.read_bytes() == b"keep"
 
+    @pytest.mark.parametrize("name", ["conn", "rate"])
+    def test_a_fifo_in_the_store_does_not_hold_query(self, tmp_path, name):
+        """throttle -q opens read-only: a FIFO the store's owner made is refused, not waited on."""
+        os.mkfifo(str(tmp_path / name))
+        done = run_prog(["throttle", "-q", str(tmp_path), "192.0.2.7"], timeout=10)
+        assert done.rc == 111
+        assert b"not a plain file with one link" in done.err
+
     def test_decision_time_does_not_grow_with_clients(self, tmp_path):
         """The table holds a fixed size: the file never grows past it."""
         from qtools import ratetable as throttlestore
