@@ -21,6 +21,10 @@ class MailCheck:
 
         self.config, self.asker, self.clock = config, asker, clock
         self.pending = None  # a refusal owed to the recipients of this transaction
+        # The refusal of a MAIL in flight: it becomes pending only with the
+        # backend's 2xx, as qmail-smtpd keeps the transaction before a MAIL
+        # it refuses (and a MAIL a later filter refuses never reaches it).
+        self.staged = None
         self.in_message = self.in_connection = 0
         self.protocol = Protocol(config.protocol)
 
@@ -40,17 +44,19 @@ class MailCheck:
         if verb == b"rcpt":
             return self.rcpt(session, cmd)
         if verb in (b"rset", b"helo", b"ehlo"):
-            self.pending, self.in_message = None, 0
+            self.pending, self.staged, self.in_message = None, None, 0
         return None
 
     def reply(self, session, verb, lines):
         self.protocol.reply(verb)
-        if verb == b"mail" and lines[0][:1] != b"2":
-            self.pending = None  # no transaction: nothing owed
+        if verb == b"mail":
+            if lines[0][:1] == b"2":  # a new transaction: its own refusal, no recipients yet
+                self.pending, self.in_message = self.staged, 0
+            self.staged = None
         return None
 
     def mail(self, session, cmd):
-        self.pending, self.in_message = None, 0
+        self.staged = None
         address = cmd.path
         if address is None:
             return None  # qmail-smtpd refuses it itself
@@ -67,7 +73,7 @@ class MailCheck:
             session.log(verdict.reply, verdict.why)
             if not config.exempt:
                 return (verdict.reply + "\r\n").encode("ascii", "replace")
-            self.pending = verdict  # said to each recipient not exempt
+            self.staged = verdict  # said to each recipient not exempt
             self.received_spf(session, verdict, address, helo)
             return None
         self.received_spf(session, verdict, address, helo)

@@ -205,10 +205,7 @@ class Engine:
                 return
         entry = Entry(verb, command.path)
         entry.headers, session.adding = session.adding, []
-        if verb == b"mail":
-            session.mail_from = command.path
-            session.rcpts = []
-        elif verb in (b"helo", b"ehlo"):
+        if verb in (b"helo", b"ehlo"):
             session.helo = command.arg
             session.reset()
         elif verb == b"rset":
@@ -320,8 +317,12 @@ class Engine:
         ok = code[:1] == b"2"
         if verb == b"ehlo" and ok:
             lines = edit_ehlo(lines, self.tls_available and not session.tls)
-        elif verb == b"mail" and not ok:
-            session.mail_from = None
+        elif verb == b"mail" and ok:
+            # qmail-smtpd starts a transaction only with its 250: a MAIL it
+            # refuses (555, an address addrparse() cannot read) leaves the
+            # one before in place, and so must it stay for the filters.
+            session.mail_from = entry.path
+            session.rcpts = []
         elif verb == b"rcpt" and ok and entry.path is not None:
             # None is an address qmail-smtpd refuses as a syntax error: a
             # backend that took it anyway has no recipient we could judge.

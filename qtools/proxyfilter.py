@@ -29,7 +29,8 @@ The filter contract.  A Filter has two hooks, both optional:
 
 The session carries client (core.Client), environ, helo, mail_from (the
 address as qmail-smtpd parses it, b"" for the null sender, None outside a
-transaction; set when MAIL is passed, cleared when the backend refuses it),
+transaction; set when the backend accepts a MAIL, and left as it was when
+the backend refuses one, as qmail-smtpd keeps its transaction then),
 rcpts (the recipients the backend accepted), tls, authenticated (the
 backend answered SMTP AUTH with 235: checks step aside, as for
 RELAYCLIENT), a per-connection dict state for filters, log(verdict,

@@ -11,6 +11,8 @@ stdin/stdout and appends every byte it receives to RAWFILE.
 import os
 import sys
 
+from qtools.address import read
+
 EHLO = (
     b"250-fake.local\r\n250-PIPELINING\r\n250-STARTTLS\r\n250-CHUNKING\r\n"
     b"250 8BITMIME\r\n"
@@ -21,8 +23,12 @@ STRAY = b"451 See http://pobox.com/~djb/docs/smtplf.html.\r\n"
 class FakeQmail:
     """A backend fed bytes that returns its replies."""
 
-    def __init__(self, greeting=b"220 fake.local ESMTP\r\n", answers=None):
+    def __init__(self, greeting=b"220 fake.local ESMTP\r\n", answers=None, addrparse=True):
         self.greeting = greeting
+        # qmail-smtpd answers a MAIL or RCPT whose address addrparse()
+        # cannot read with 555 and keeps its transaction as it was;
+        # addrparse=False stands for a backend that takes any address.
+        self.addrparse = addrparse
         self.answers = dict(answers or {})  # verb -> reply, to script refusals
         self.commands = []  # lines without their ending, as qmail-smtpd parses them
         self.messages = []  # bodies as received, dots and CRs included
@@ -69,6 +75,8 @@ class FakeQmail:
         if verb == b"rset":
             self.mail = self.rcpt = False
             return b"250 flushed\r\n"
+        if verb in (b"mail", b"rcpt") and self.addrparse and read(line).path is None:
+            return b"555 syntax error (#5.5.4)\r\n"
         if verb == b"mail":
             self.mail, self.rcpt = True, False
             return b"250 ok\r\n"

@@ -270,6 +270,14 @@ def checker(table=TABLE, **values):
     return mailcheck.MailCheck(config(**dict({"protocol": set()}, **values)), lambda: fake_resolver(table))
 
 
+def mail(check, s, line, reply=b"250 ok\r\n"):
+    """Pass MAIL through check and hand it the backend's reply, as the proxy does."""
+    got = check.command(s, b"mail", read(line))
+    if got is None:
+        check.reply(s, b"mail", [reply])
+    return got
+
+
 class TestFilter:
     """Tests for the proxy filter `mailcheck.MailCheck`."""
 
@@ -279,7 +287,7 @@ class TestFilter:
     def test_refusal_waits_for_rcpt_and_spares_postmaster(self):
         """A refused sender still reaches postmaster@ and abuse@; others hear the 553."""
         check, s = checker(), session()
-        assert check.command(s, b"mail", read(b"MAIL FROM:<a@nowhere.example>")) is None
+        assert mail(check, s, b"MAIL FROM:<a@nowhere.example>") is None
         assert check.command(s, b"rcpt", read(b"RCPT TO:<joe@example.net>")) == (mfcheck.NO_DOMAIN + "\r\n").encode()
         assert check.command(s, b"rcpt", read(b"RCPT TO:<Postmaster@example.net>")) is None
         assert check.command(s, b"rcpt", read(b"RCPT TO:<abuse@other.example>")) is None
@@ -294,20 +302,37 @@ class TestFilter:
     def test_rset_forgets(self):
         """After RSET the next transaction starts clean."""
         check, s = checker(), session()
-        check.command(s, b"mail", read(b"MAIL FROM:<a@nowhere.example>"))
+        mail(check, s, b"MAIL FROM:<a@nowhere.example>")
         check.command(s, b"rset", read(b"RSET"))
         assert check.command(s, b"rcpt", read(b"RCPT TO:<joe@example.net>")) is None
 
     def test_caps(self):
         """The cap per message, then the cap per connection, answer 452."""
         check, s = checker(max_rcpt=2, max_rcpt_conn=3), session()
-        check.command(s, b"mail", read(b"MAIL FROM:<a@example.org>"))
+        mail(check, s, b"MAIL FROM:<a@example.org>")
         got = [check.command(s, b"rcpt", read(b"RCPT TO:<r%d@example.net>" % n)) for n in range(3)]
         assert got == [None, None, b"452 too many recipients (#4.5.3)\r\n"]
-        check.command(s, b"mail", read(b"MAIL FROM:<a@example.org>"))
+        mail(check, s, b"MAIL FROM:<a@example.org>")
         got = [check.command(s, b"rcpt", read(b"RCPT TO:<s%d@example.net>" % n)) for n in range(2)]
         assert got == [None, b"452 too many recipients (#4.5.3)\r\n"]
         assert session.logs[-1][3] == (("rcpt", "s1@example.net"), ("why", "maxrcptconn"), ("count", 3))
+
+    def test_a_mail_the_backend_refuses_keeps_the_refusal_and_the_count(self):
+        """qmail-smtpd answers 555 to a MAIL it cannot read and keeps the transaction: so does mfcheck."""
+        check, s = checker(max_rcpt=2), session()
+        mail(check, s, b"MAIL FROM:<a@nowhere.example>")
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<postmaster@example.net>")) is None
+        mail(check, s, b"MAIL FROM:<" + b"a" * 950 + b"@example.org>", b"555 syntax error (#5.5.4)\r\n")
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<joe@example.net>")) == (mfcheck.NO_DOMAIN + "\r\n").encode()
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<abuse@example.net>")) is None
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<postmaster@other.example>")) == b"452 too many recipients (#4.5.3)\r\n"
+
+    def test_a_mail_a_later_filter_refuses_changes_nothing(self):
+        """A MAIL refused by a filter after mfcheck never reaches qmail-smtpd: the transaction before stands."""
+        check, s = checker(), session()
+        mail(check, s, b"MAIL FROM:<a@nowhere.example>")
+        assert check.command(s, b"mail", read(b"MAIL FROM:<b@example.org>")) is None  # no reply comes
+        assert check.command(s, b"rcpt", read(b"RCPT TO:<joe@example.net>")) == (mfcheck.NO_DOMAIN + "\r\n").encode()
 
     def test_authenticated_steps_aside(self):
         """After SMTP AUTH nothing is checked."""

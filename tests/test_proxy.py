@@ -1200,5 +1200,17 @@ def test_a_recipient_qmail_smtpd_cannot_read_is_never_one_the_filters_see():
     """
     engine, session = make()
     long_rcpt = b"RCPT TO:<" + b"a" * 950 + b"@example.net>\r\n"
-    converse(engine, FakeQmail(), [b"HELO a\r\nMAIL FROM:<>\r\n" + long_rcpt + b"RCPT TO:<b@c>\r\n"])
+    converse(engine, FakeQmail(addrparse=False),
+             [b"HELO a\r\nMAIL FROM:<>\r\n" + long_rcpt + b"RCPT TO:<b@c>\r\n"])
     assert session.rcpts == [b"b@c"]
+
+
+def test_a_mail_the_backend_refuses_leaves_the_transaction_as_qmail_smtpd_does():
+    """A MAIL whose address addrparse() cannot read gets 555 and qmail-smtpd keeps the
+    transaction before it: so do the filters' sender and recipients."""
+    engine, session = make()
+    long_mail = b"MAIL FROM:<" + b"a" * 950 + b"@example.org>\r\n"
+    got = converse(engine, FakeQmail(), [b"HELO a\r\nMAIL FROM:<s@example.org>\r\n"
+                                         b"RCPT TO:<b@c>\r\n" + long_mail + b"RCPT TO:<d@e>\r\n"])
+    assert replies(got) == [b"220", b"250", b"250", b"250", b"555", b"250"]
+    assert (session.mail_from, session.rcpts) == (b"s@example.org", [b"b@c", b"d@e"])
